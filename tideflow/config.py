@@ -1,0 +1,100 @@
+"""Frozen configuration records.
+
+One root config (`EngineConfig`) made of small frozen sub-configs. What to load
+(`ModelConfig`), how the engine runs (`CacheConfig`, `SchedulerConfig`) and where it runs
+(`ParallelConfig`) are kept apart. Every field is validated in `__post_init__`; derive a
+changed config with `dataclasses.replace`, never mutate one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+_DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What to load."""
+
+    model: str  # local HF model directory, or a hub id where the network allows it
+    tokenizer: str | None = None  # defaults to `model`
+    dtype: str = "auto"  # one of _DTYPES; "auto" takes the checkpoint's torch_dtype (float32 on CPU for half types)
+    max_model_len: int | None = None  # context length; None -> the model config's max_position_embeddings
+    seed: int = 0  # seed of the engine's default RNG (requests without their own seed)
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if not self.model:
+            raise ValueError("model must name a model directory or hub id")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be positive, got {self.max_model_len}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV cache."""
+
+    block_size: int = 16  # tokens per KV block
+    num_blocks: int | None = None  # blocks in the pool; None -> sized from kv_cache_memory_bytes
+    kv_cache_memory_bytes: int = 1 << 30  # budget for the pool when num_blocks is None
+    enable_prefix_caching: bool = True  # share full blocks between sequences with equal prefixes
+
+    def __post_init__(self):
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be positive, got {self.num_blocks}")
+        if self.kv_cache_memory_bytes < 1:
+            raise ValueError("kv_cache_memory_bytes must be positive")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching."""
+
+    max_num_seqs: int = 64  # sequences running at once
+    max_num_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decodes)
+    enable_chunked_prefill: bool = True  # split long prompts across steps under the budget
+
+    def __post_init__(self):
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be positive, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be positive, got {self.max_num_batched_tokens}")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Where it runs (one process for the in-process engine)."""
+
+    device: str = "cpu"  # torch device of the model runner
+
+    def __post_init__(self):
+        if not self.device:
+            raise ValueError("device must be set")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The root config of one engine."""
+
+    model: ModelConfig
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    attention_backend: str = "torch"  # registry key of the attention implementation
+
+    def __post_init__(self):
+        if not self.scheduler.enable_chunked_prefill and self.model.max_model_len is not None:
+            if self.scheduler.max_num_batched_tokens < self.model.max_model_len:
+                raise ValueError(
+                    "max_num_batched_tokens must be >= max_model_len when chunked prefill is off "
+                    f"({self.scheduler.max_num_batched_tokens} < {self.model.max_model_len})"
+                )
+
+    def replace(self, **changes) -> "EngineConfig":
+        return dataclasses.replace(self, **changes)

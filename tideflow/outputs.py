@@ -1,0 +1,46 @@
+"""What a request returns, shaped like vLLM's `RequestOutput` / `CompletionOutput`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Logprob:
+    """The log-probability of one token at one position."""
+
+    logprob: float  # natural log of the token's probability under the raw model distribution
+    rank: int  # 1 = the most likely token
+    decoded_token: str | None = None  # the token's text, when a tokenizer is at hand
+
+
+# position in the completion -> {token_id -> Logprob}; the sampled token is always included
+SampleLogprobs = list[dict[int, Logprob]]
+
+
+@dataclass(slots=True)
+class CompletionOutput:
+    """One completion of a request (a request with n=2 has two)."""
+
+    index: int  # 0..n-1
+    text: str  # detokenized output, cut at a stop string
+    token_ids: list[int]  # generated token ids
+    cumulative_logprob: float | None  # sum of the sampled tokens' logprobs, when logprobs were asked for
+    logprobs: SampleLogprobs | None  # per position, when logprobs were asked for
+    finish_reason: str | None  # None while running, then "stop" | "length" | "abort"
+    stop_reason: int | str | None = None  # the stop string or stop token id that ended it
+
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """The state of one request: complete when `finished`, growing while it streams."""
+
+    request_id: str
+    prompt: str | None  # the prompt text, when the request came as text
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool
+    metrics: dict[str, float] = field(default_factory=dict)  # arrival / first_token / finished times (monotonic s)

@@ -1,0 +1,1 @@
+"""The engine core (scheduler, KV blocks, model runner, sampler) and, later, the graph executor."""

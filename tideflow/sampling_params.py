@@ -1,0 +1,80 @@
+"""Per-request sampling parameters, shaped like vLLM's `SamplingParams`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+_GREEDY_EPS = 1e-5  # temperatures below this decode greedily
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request samples and when it stops. Invalid values raise ValueError naming the field."""
+
+    n: int = 1  # completions per prompt
+    temperature: float = 1.0  # 0 -> greedy
+    top_p: float = 1.0  # nucleus mass in (0, 1]
+    top_k: int = 0  # 0 or -1 -> off
+    min_p: float = 0.0  # drop tokens below min_p * p(top token)
+    repetition_penalty: float = 1.0  # HF-style, over prompt and output tokens; 1 -> off
+    presence_penalty: float = 0.0  # OpenAI-style, over output tokens
+    frequency_penalty: float = 0.0  # OpenAI-style, over output tokens
+    seed: int | None = None  # per-request RNG seed: same seed, same draws, whatever the batch
+    max_tokens: int | None = 16  # None -> up to the context length
+    min_tokens: int = 0  # EOS and stop tokens are suppressed before this many tokens
+    stop: tuple[str, ...] = ()  # stop strings; the text is cut where the first one begins
+    stop_token_ids: tuple[int, ...] = ()  # extra token ids that end the sequence
+    ignore_eos: bool = False  # keep generating past EOS
+    include_stop_str_in_output: bool = False
+    logprobs: int | None = None  # number of top logprobs per generated token (0 -> the sampled one only)
+    skip_special_tokens: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop or ()))
+        if not isinstance(self.stop_token_ids, tuple):
+            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(name: str, rule: str):
+            raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}")
+
+        if not isinstance(self.n, int) or self.n < 1:
+            bad("n", "must be at least 1")
+        if self.temperature < 0:
+            bad("temperature", "must be non-negative")
+        if not 0.0 < self.top_p <= 1.0:
+            bad("top_p", "must be in (0, 1]")
+        if not isinstance(self.top_k, int) or self.top_k < -1:
+            bad("top_k", "must be -1, 0 (off) or a positive integer")
+        if not 0.0 <= self.min_p <= 1.0:
+            bad("min_p", "must be in [0, 1]")
+        if self.repetition_penalty <= 0:
+            bad("repetition_penalty", "must be positive")
+        if not -2.0 <= self.presence_penalty <= 2.0:
+            bad("presence_penalty", "must be in [-2, 2]")
+        if not -2.0 <= self.frequency_penalty <= 2.0:
+            bad("frequency_penalty", "must be in [-2, 2]")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            bad("max_tokens", "must be at least 1")
+        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
+            bad("min_tokens", "must be in [0, max_tokens]")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            bad("stop", "must hold non-empty strings")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            bad("stop_token_ids", "must hold non-negative token ids")
+        if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
+            bad("logprobs", "must be a non-negative integer")
+        if self.seed is not None and not isinstance(self.seed, int):
+            bad("seed", "must be an integer")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < _GREEDY_EPS
+
+    def replace(self, **changes) -> "SamplingParams":
+        return dataclasses.replace(self, **changes)
