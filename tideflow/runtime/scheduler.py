@@ -21,10 +21,13 @@ from tideflow.runtime.sequence import Sequence, SequenceStatus
 
 
 class TextStopChecker(Protocol):
-    """Turns a sequence's newest token into text (mutating `seq.output_text` and its offsets)
-    and returns the stop string that now ends it, if any."""
+    """Turns a sequence's tokens into text, mutating `seq.output_text` and its offsets."""
 
-    def update(self, seq: Sequence) -> str | None: ...
+    def update(self, seq: Sequence) -> str | None:
+        """Add the newest token's text; return the stop string that now ends it, if any."""
+
+    def flush(self, seq: Sequence) -> None:
+        """The sequence ended otherwise: add any text still held back."""
 
 
 class SampledTokens(Protocol):
@@ -133,6 +136,8 @@ class Scheduler:
             produced.append(seq)
             reason = self._stop_reason(seq)
             if reason is not None:
+                if self.stop_checker is not None and not isinstance(seq.stop_reason, str):
+                    self.stop_checker.flush(seq)  # a stop string already cut the text
                 self.running.remove(seq)
                 self._finish(seq, reason)
         return produced

@@ -1,0 +1,149 @@
+"""The in-process engine: admits requests and advances them one step at a time.
+
+`Engine.step()` is schedule -> execute -> update. Everything else here is construction
+(decided once) and request admission (validated before anything is queued).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from tideflow.config import EngineConfig
+from tideflow.runtime.sequence import Request, Sequence
+from tideflow.sampling_params import SamplingParams
+
+
+class Engine:
+    def __init__(self, config: EngineConfig):
+        import torch
+
+        from tideflow.models.loader import eos_token_ids, load_model, load_tokenizer, model_max_len
+        from tideflow.runtime.attention import PagedKVCache, register_attention
+        from tideflow.runtime.detokenizer import Detokenizer
+        from tideflow.runtime.kv_cache import BlockManager
+        from tideflow.runtime.model_runner import ModelRunner
+        from tideflow.runtime.sampler import Sampler
+        from tideflow.runtime.scheduler import Scheduler
+
+        mc = config.model
+        attn = register_attention(config.attention_backend)
+        self.model, self.hf_config = load_model(
+            mc.model, dtype=mc.dtype, device=config.parallel.device, attn_implementation=attn,
+            trust_remote_code=mc.trust_remote_code,
+        )
+        self.tokenizer = load_tokenizer(mc.tokenizer or mc.model, trust_remote_code=mc.trust_remote_code)
+        self.max_model_len = mc.max_model_len or model_max_len(self.hf_config)
+        self.vocab_size = self.hf_config.vocab_size
+        self.eos_token_ids = frozenset(eos_token_ids(self.hf_config, _generation_config(mc.model), self.tokenizer))
+        self.config = config = self._resolve(config)
+
+        hf = self.hf_config.get_text_config()
+        num_layers = hf.num_hidden_layers
+        kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        dtype = next(self.model.parameters()).dtype
+        cc = config.cache
+        bytes_per_block = 2 * num_layers * cc.block_size * kv_heads * head_dim * dtype.itemsize
+        self.num_blocks = cc.num_blocks or max(
+            1,
+            min(
+                cc.kv_cache_memory_bytes // bytes_per_block,
+                config.scheduler.max_num_seqs * -(-self.max_model_len // cc.block_size),
+            ),
+        )
+        kv_cache = PagedKVCache.allocate(
+            num_layers, self.num_blocks, cc.block_size, kv_heads, head_dim, dtype, config.parallel.device
+        )
+        self.blocks = BlockManager(self.num_blocks, cc.block_size, cc.enable_prefix_caching)
+        self.detokenizer = Detokenizer(self.tokenizer)
+        self.scheduler = Scheduler(
+            config.scheduler, self.blocks, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
+            stop_checker=self.detokenizer, clock=time.monotonic,
+        )
+        sampler = Sampler(self.vocab_size, self.eos_token_ids, seed=mc.seed, device=config.parallel.device)
+        self.runner = ModelRunner(self.model, kv_cache, sampler, device=config.parallel.device)
+        self.requests: dict[str, Request] = {}
+        torch.manual_seed(mc.seed)
+
+    def _resolve(self, config: EngineConfig) -> EngineConfig:
+        sc = config.scheduler
+        if not sc.enable_chunked_prefill and sc.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({sc.max_num_batched_tokens}) must be >= max_model_len "
+                f"({self.max_model_len}) when chunked prefill is off"
+            )
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, max_model_len=self.max_model_len))
+
+    # -- requests -----------------------------------------------------------------------------
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, prompt: str | None = None
+    ) -> Request:
+        """Validate and queue a request. Raises ValueError (naming the field) and queues nothing
+        when the request can never run."""
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        ids = self._check_prompt(prompt_token_ids)
+        max_tokens = self.max_model_len - len(ids)
+        if params.max_tokens is not None:
+            max_tokens = min(max_tokens, params.max_tokens)
+        needed = self.blocks.blocks_needed(len(ids) + max_tokens)
+        if needed > self.num_blocks:
+            raise ValueError(
+                f"prompt_token_ids: prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) needs {needed} KV "
+                f"blocks, more than the cache holds ({self.num_blocks})"
+            )
+        now = time.monotonic()
+        seqs = [
+            Sequence(request_id, i, list(ids), len(ids), params, max_tokens, arrival_time=now) for i in range(params.n)
+        ]
+        request = Request(request_id, prompt, list(ids), params, seqs, arrival_time=now)
+        self.requests[request_id] = request
+        for seq in seqs:
+            self.scheduler.add(seq)
+        return request
+
+    def _check_prompt(self, ids) -> list[int]:
+        ids = list(ids)
+        if not ids:
+            raise ValueError("prompt_token_ids: the prompt is empty")
+        if any(not isinstance(t, int) or isinstance(t, bool) for t in ids):
+            raise ValueError("prompt_token_ids: token ids must be integers")
+        lo, hi = min(ids), max(ids)
+        if lo < 0 or hi >= self.vocab_size:
+            raise ValueError(
+                f"prompt_token_ids: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {self.vocab_size})"
+            )
+        if len(ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt_token_ids: the prompt has {len(ids)} tokens; the context length is {self.max_model_len} "
+                "and at least one token must be generated"
+            )
+        return ids
+
+    def abort_request(self, request_id: str) -> None:
+        request = self.requests.pop(request_id, None)
+        if request is not None:
+            self.scheduler.abort(request.seqs)
+
+    def pop_finished(self, request_id: str) -> Request:
+        return self.requests.pop(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    # -- the step -----------------------------------------------------------------------------
+    def step(self) -> list[Sequence]:
+        batch = self.scheduler.schedule()
+        output = self.runner.execute(batch)
+        return self.scheduler.update(batch, output)
+
+
+def _generation_config(path: str):
+    """The checkpoint's generation_config.json, or None when it has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,96 @@
+"""Runs a transformers model over packed, padding-free batches with the paged KV cache.
+
+`execute(batch)` turns a `ScheduledBatch` into model inputs (token ids, per-token positions,
+slot mapping, block tables), runs one forward pass with the `tideflow` attention function,
+computes logits only at the rows that sample, and samples them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tideflow.runtime.attention import AttentionMetadata, PagedKVCache
+from tideflow.runtime.batch import ScheduledBatch
+from tideflow.runtime.sampler import Sampler, SamplerOutput
+
+_EMPTY = SamplerOutput(token_ids=[], logprobs=[])
+
+
+class ModelRunner:
+    def __init__(self, model, kv_cache: PagedKVCache, sampler: Sampler, device: str = "cpu"):
+        self.model = model
+        self.kv_cache = kv_cache
+        self.sampler = sampler
+        self.device = torch.device(device)
+        self.block_size = kv_cache.block_size
+
+    def execute(self, batch: ScheduledBatch) -> SamplerOutput:
+        if not batch.seqs:
+            return _EMPTY
+        input_ids, positions, meta, sample_idx = self.prepare(batch)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=positions,
+                tideflow_meta=meta,
+                use_cache=False,
+                logits_to_keep=sample_idx,
+            )
+        if sample_idx.numel() == 0:
+            return _EMPTY
+        return self.sampler(out.logits[0], batch.sampled_seqs)
+
+    def forward_only(self, batch: ScheduledBatch) -> torch.Tensor:
+        """The forward pass without sampling (benchmarks measure engine overhead against it)."""
+        input_ids, positions, meta, sample_idx = self.prepare(batch)
+        with torch.inference_mode():
+            return self.model(
+                input_ids=input_ids, position_ids=positions, tideflow_meta=meta, use_cache=False, logits_to_keep=sample_idx
+            ).logits
+
+    def prepare(self, batch: ScheduledBatch):
+        """Packed inputs and attention metadata of one step, built with array ops per token."""
+        bs = self.block_size
+        num_new = np.asarray(batch.num_new_tokens, dtype=np.int64)
+        computed = np.asarray(batch.num_computed_tokens, dtype=np.int64)
+        rows = len(num_new)
+        cu = np.zeros(rows + 1, dtype=np.int64)
+        np.cumsum(num_new, out=cu[1:])
+        row_of_token = np.repeat(np.arange(rows), num_new)
+        positions = np.arange(cu[-1]) - cu[:-1][row_of_token] + computed[row_of_token]
+
+        max_blocks = max(len(s.block_table) for s in batch.seqs)
+        tables = np.zeros((rows, max_blocks), dtype=np.int64)
+        ids: list[int] = []
+        for i, (seq, n, c) in enumerate(zip(batch.seqs, batch.num_new_tokens, batch.num_computed_tokens)):
+            tables[i, : len(seq.block_table)] = seq.block_table
+            ids.extend(seq.token_ids[c : c + n])
+        slots = tables[row_of_token, positions // bs] * bs + positions % bs
+        context = computed + num_new
+
+        decode = np.flatnonzero(num_new == 1)
+        if decode.size:
+            dec_blocks = -(-int(context[decode].max()) // bs)
+            dec_tables = torch.from_numpy(np.ascontiguousarray(tables[decode, :dec_blocks]))
+        else:
+            dec_tables = torch.zeros((0, 1), dtype=torch.int64)
+        prefills = []
+        for i in np.flatnonzero(num_new > 1):
+            blocks = None
+            if computed[i]:
+                blocks = torch.from_numpy(tables[i, : -(-int(context[i]) // bs)].copy())
+            prefills.append((int(cu[i]), int(num_new[i]), int(computed[i]), blocks))
+
+        dev = self.device
+        meta = AttentionMetadata(
+            kv_cache=self.kv_cache,
+            slot_mapping=torch.from_numpy(slots).to(dev),
+            decode_token_idx=torch.from_numpy(cu[decode]).to(dev),
+            decode_block_tables=dec_tables.to(dev),
+            decode_context_lens=torch.from_numpy(context[decode]).to(dev),
+            prefills=[(s, n, c, b if b is None else b.to(dev)) for s, n, c, b in prefills],
+        )
+        sample_idx = torch.from_numpy(cu[1:][np.asarray(batch.sample, dtype=bool)] - 1).to(dev)
+        input_ids = torch.tensor(ids, dtype=torch.int64, device=dev).unsqueeze(0)
+        return input_ids, torch.from_numpy(positions).to(dev).unsqueeze(0), meta, sample_idx
