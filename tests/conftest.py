@@ -1,0 +1,26 @@
+"""Session fixtures: tiny models written once per test session into a temporary directory."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """kind -> directory of a tiny random model of that kind, written on first use."""
+    from tideflow.models.testing import write_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    made: dict[str, str] = {}
+
+    def get(kind: str) -> str:
+        if kind not in made:
+            made[kind] = str(write_tiny_model(kind, root / kind, seed=0))
+        return made[kind]
+
+    return get

@@ -1,0 +1,160 @@
+"""The offline API, shaped like vLLM's `LLM`: construct once, then `generate` or `chat`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence as Seq
+from typing import Any
+
+from tideflow.config import CacheConfig, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from tideflow.outputs import RequestOutput
+from tideflow.sampling_params import SamplingParams
+
+PromptType = str | dict[str, Any]  # "text" | {"prompt": "text"} | {"prompt_token_ids": [...]}
+
+
+class LLM:
+    """An in-process engine over one model.
+
+    >>> llm = LLM("path/to/model", dtype="float32")
+    >>> out = llm.generate(["Hello"], SamplingParams(max_tokens=8, temperature=0))
+    >>> out[0].outputs[0].text
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        tokenizer: str | None = None,
+        dtype: str = "auto",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        block_size: int = 16,
+        num_kv_blocks: int | None = None,
+        kv_cache_memory_bytes: int = 1 << 30,
+        enable_prefix_caching: bool = True,
+        enable_chunked_prefill: bool = True,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int | None = None,
+        attention_backend: str = "torch",
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+    ):
+        from tideflow.runtime.engine import Engine
+
+        if max_num_batched_tokens is None:
+            # without chunking a whole prompt must fit one step
+            max_num_batched_tokens = 2048 if enable_chunked_prefill else max(2048, max_model_len or _config_len(model))
+        config = EngineConfig(
+            model=ModelConfig(model, tokenizer, dtype, max_model_len, seed, trust_remote_code),
+            cache=CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, enable_prefix_caching),
+            scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill),
+            parallel=ParallelConfig(device),
+            attention_backend=attention_backend,
+        )
+        self.engine = Engine(config)
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: PromptType | Seq[PromptType],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs come back in the order of the prompts.
+        Every prompt is validated before any is queued, so a bad one leaves the engine untouched."""
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        params = self._params_per_prompt(sampling_params, len(prompts))
+        encoded = [self._encode(p) for p in prompts]
+        for (text, ids), sp in zip(encoded, params):
+            self.engine._check_prompt(ids)
+        request_ids = []
+        try:
+            for (text, ids), sp in zip(encoded, params):
+                rid = str(next(self._ids))
+                self.engine.add_request(rid, ids, sp, prompt=text)
+                request_ids.append(rid)
+        except ValueError:
+            for rid in request_ids:
+                self.engine.abort_request(rid)
+            raise
+        self._run(request_ids, use_tqdm)
+        return [self.engine.pop_finished(rid).output() for rid in request_ids]
+
+    def chat(
+        self,
+        messages: list[dict] | list[list[dict]],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Apply the tokenizer's chat template to one conversation or a list of them, then generate."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        tok = self.engine.tokenizer
+        prompts = []
+        for conv in conversations:
+            text = tok.apply_chat_template(
+                conv, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+            )
+            prompts.append({"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)})
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> None:
+        pending = set(request_ids)
+        bar = None
+        if use_tqdm:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(request_ids), desc="Processed prompts", unit="req", dynamic_ncols=True)
+        engine = self.engine
+        while pending:
+            for seq in engine.step():
+                if seq.finished and seq.request_id in pending and engine.requests[seq.request_id].finished:
+                    pending.discard(seq.request_id)
+                    if bar is not None:
+                        bar.update(1)
+            if not engine.has_unfinished() and pending:
+                raise RuntimeError(f"engine stopped with {len(pending)} unfinished requests")
+        if bar is not None:
+            bar.close()
+
+    @staticmethod
+    def _params_per_prompt(sampling_params, n: int) -> list[SamplingParams]:
+        if sampling_params is None:
+            return [SamplingParams()] * n
+        if isinstance(sampling_params, SamplingParams):
+            return [sampling_params] * n
+        params = list(sampling_params)
+        if len(params) != n:
+            raise ValueError(f"sampling_params: got {len(params)} for {n} prompts")
+        return params
+
+    def _encode(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt: the prompt is empty")
+            return prompt, self.engine.tokenizer.encode(prompt)
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+            if "prompt" in prompt:
+                return self._encode(prompt["prompt"])
+        raise ValueError(f"prompt: expected a string or a dict with 'prompt' or 'prompt_token_ids', got {type(prompt).__name__}")
+
+
+def _config_len(model: str) -> int:
+    from transformers import AutoConfig
+
+    from tideflow.models import model_max_len
+
+    return model_max_len(AutoConfig.from_pretrained(model))

@@ -1,0 +1,15 @@
+"""Loading Hugging Face models and tokenizers.
+
+`torch` and `transformers` are imported lazily, inside the loader's functions.
+Tiny random checkpoints for tests live in `tideflow.models.testing`.
+"""
+
+from tideflow.models.loader import (
+    eos_token_ids,
+    load_model,
+    load_tokenizer,
+    model_max_len,
+    resolve_dtype,
+)
+
+__all__ = ["load_model", "load_tokenizer", "resolve_dtype", "model_max_len", "eos_token_ids"]
