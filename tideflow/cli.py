@@ -19,6 +19,25 @@ def _bench(args: argparse.Namespace) -> int:
     return offline_main(args.rest)
 
 
+def _graph(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tideflow.graphs import Graph
+
+    try:
+        cluster = None if args.cluster is None else json.loads(args.cluster)
+        compiled = Graph.from_yaml(Path(args.file)).compile(cluster)
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print:
+        print(compiled.describe())
+    else:
+        print(f"graph {compiled.name!r} is valid: {len(compiled.stages)} stage(s), {len(compiled.edges)} edge(s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tideflow", description="Serve and batch-run LLMs on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: `tideflow bench offline --help`", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
+
+    graph = sub.add_parser("graph", help="load a graph's YAML file and validate it (compile)")
+    graph.add_argument("file", help="the graph's YAML file")
+    graph.add_argument("--print", action="store_true", help="print the compiled graph's stages and edges")
+    graph.add_argument(
+        "--cluster",
+        default=None,
+        help='nodes to check resources against, as JSON: \'[{"CPU": 8, "GPU": 1}]\' (default: this machine)',
+    )
+    graph.set_defaults(func=_graph)
     return parser
 
 

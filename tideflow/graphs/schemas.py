@@ -1,0 +1,152 @@
+"""The Arrow schemas that travel on graph edges, and conversions to and from them.
+
+One row is one request (or one completion's step output). A request's full data (prompt,
+sampling parameters) is sent once; later rows for it carry only what changed. Large tensors
+(KV blocks) never travel in Arrow columns: they ride beside the batch as references.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from tideflow.sampling_params import SamplingParams
+
+SAMPLING = pa.struct(
+    [
+        ("n", pa.int32()),
+        ("temperature", pa.float64()),
+        ("top_p", pa.float64()),
+        ("top_k", pa.int32()),
+        ("min_p", pa.float64()),
+        ("repetition_penalty", pa.float64()),
+        ("presence_penalty", pa.float64()),
+        ("frequency_penalty", pa.float64()),
+        ("seed", pa.int64()),  # null -> unseeded
+        ("max_tokens", pa.int32()),  # null -> up to the context length
+        ("min_tokens", pa.int32()),
+        ("stop", pa.list_(pa.string())),
+        ("stop_token_ids", pa.list_(pa.int32())),
+        ("ignore_eos", pa.bool_()),
+        ("include_stop_str_in_output", pa.bool_()),
+        ("logprobs", pa.int32()),  # null -> none
+        ("skip_special_tokens", pa.bool_()),
+    ]
+)
+
+# source -> tokenizer: what a user submits
+REQUESTS = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("prompt", pa.string()),  # text prompt, or null
+        ("messages", pa.string()),  # chat messages as JSON, or null
+        ("prompt_token_ids", pa.list_(pa.int32())),  # pre-tokenized prompt, or null
+        ("sampling", SAMPLING),
+        ("arrival_time", pa.float64()),  # wall-clock seconds
+    ]
+)
+
+# tokenizer -> engine / prefill: a prompt ready to run
+TOKENIZED = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("prompt", pa.string()),
+        ("prompt_token_ids", pa.list_(pa.int32())),
+        ("sampling", SAMPLING),
+        ("arrival_time", pa.float64()),
+        ("error", pa.string()),  # why the request was rejected upstream, or null
+    ]
+)
+
+# prefill -> decode: one completion whose prompt is computed; its KV rides beside the batch
+PREFILLED = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("index", pa.int32()),  # completion index, 0..n-1
+        ("prompt_token_ids", pa.list_(pa.int32())),
+        ("sampling", SAMPLING),
+        ("arrival_time", pa.float64()),
+        ("first_token_id", pa.int32()),  # sampled by prefill
+        ("first_logprobs", pa.binary()),  # msgpack of {token_id: (logprob, rank)}, or null
+        ("generator_state", pa.binary()),  # the seeded RNG's state after the first draw, or null
+        ("finished", pa.bool_()),  # the first token already ended it (EOS, max_tokens=1, ...)
+        ("finish_reason", pa.string()),
+        ("stop_token_id", pa.int32()),
+        ("error", pa.string()),
+    ]
+)
+
+# engine / decode -> detokenizer: the new tokens of one completion at one step
+TOKENS = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("index", pa.int32()),
+        ("seq", pa.int64()),  # 0, 1, 2 ... per (request_id, index): exactly-once key
+        ("new_token_ids", pa.list_(pa.int32())),
+        ("logprobs", pa.binary()),  # msgpack list (one per new token) of {token_id: (logprob, rank)}, or null
+        ("finished", pa.bool_()),
+        ("finish_reason", pa.string()),
+        ("stop_reason", pa.string()),  # the stop string that ended it, or null
+        ("stop_token_id", pa.int32()),  # the stop token id that ended it, or null
+        ("producer", pa.int32()),  # replica index of the producing stage (aborts go back to it)
+        ("prompt_token_ids", pa.list_(pa.int32())),  # only on seq == 0, else null
+        ("sampling", SAMPLING),  # only on seq == 0, else null
+        ("num_cached_tokens", pa.int32()),  # prefix-cache hit, on seq == 0
+        ("error", pa.string()),  # the request failed (finish_reason "error"), or null
+    ]
+)
+
+# detokenizer -> sink: the text delta of one completion at one step
+OUTPUTS = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("index", pa.int32()),
+        ("seq", pa.int64()),
+        ("new_token_ids", pa.list_(pa.int32())),
+        ("text", pa.string()),  # text added by these tokens (may be empty while a character is split)
+        ("logprobs", pa.binary()),
+        ("finished", pa.bool_()),
+        ("finish_reason", pa.string()),
+        ("stop_reason", pa.string()),
+        ("stop_token_id", pa.int32()),
+        ("prompt_token_ids", pa.list_(pa.int32())),  # only on seq == 0
+        ("error", pa.string()),
+    ]
+)
+
+ALL = {"requests": REQUESTS, "tokenized": TOKENIZED, "prefilled": PREFILLED, "tokens": TOKENS, "outputs": OUTPUTS}
+
+
+def schema_name(schema: pa.Schema) -> str:
+    for name, s in ALL.items():
+        if s.equals(schema):
+            return name
+    return "custom"
+
+
+def params_to_row(p: SamplingParams) -> dict:
+    return {
+        "n": p.n,
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "top_k": p.top_k,
+        "min_p": p.min_p,
+        "repetition_penalty": p.repetition_penalty,
+        "presence_penalty": p.presence_penalty,
+        "frequency_penalty": p.frequency_penalty,
+        "seed": p.seed,
+        "max_tokens": p.max_tokens,
+        "min_tokens": p.min_tokens,
+        "stop": list(p.stop),
+        "stop_token_ids": list(p.stop_token_ids),
+        "ignore_eos": p.ignore_eos,
+        "include_stop_str_in_output": p.include_stop_str_in_output,
+        "logprobs": p.logprobs,
+        "skip_special_tokens": p.skip_special_tokens,
+    }
+
+
+def row_to_params(row: dict) -> SamplingParams:
+    row = dict(row)
+    row["stop"] = tuple(row["stop"] or ())
+    row["stop_token_ids"] = tuple(row["stop_token_ids"] or ())
+    return SamplingParams(**row)
