@@ -24,3 +24,24 @@ def tiny_model_dir(tmp_path_factory):
         return made[kind]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One Ray instance for the whole test session. Logical CPUs are oversubscribed so that
+    several small graphs can be deployed at once on a 2-core machine."""
+    import pathlib
+
+    import ray
+
+    root = str(pathlib.Path(__file__).resolve().parent.parent)
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=8,
+            include_dashboard=False,
+            namespace="tideflow",
+            runtime_env={"env_vars": {"PYTHONPATH": root, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+            log_to_driver=False,
+        )
+    yield ray
+    ray.shutdown()

@@ -98,3 +98,43 @@ class EngineConfig:
 
     def replace(self, **changes) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
+
+
+def engine_config(
+    model: str,
+    *,
+    tokenizer: str | None = None,
+    dtype: str = "auto",
+    seed: int = 0,
+    max_model_len: int | None = None,
+    block_size: int = 16,
+    num_kv_blocks: int | None = None,
+    kv_cache_memory_bytes: int = 1 << 30,
+    enable_prefix_caching: bool = True,
+    enable_chunked_prefill: bool = True,
+    max_num_seqs: int = 64,
+    max_num_batched_tokens: int | None = None,
+    attention_backend: str = "torch",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> EngineConfig:
+    """The root config from the flat keyword options users pass to `LLM(...)` and to graphs.
+    Unknown options raise TypeError naming them."""
+    if max_num_batched_tokens is None:
+        # without chunking a whole prompt must fit one step
+        max_num_batched_tokens = 2048 if enable_chunked_prefill else max(2048, max_model_len or _config_len(model))
+    return EngineConfig(
+        model=ModelConfig(model, tokenizer, dtype, max_model_len, seed, trust_remote_code),
+        cache=CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, enable_prefix_caching),
+        scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill),
+        parallel=ParallelConfig(device),
+        attention_backend=attention_backend,
+    )
+
+
+def _config_len(model: str) -> int:
+    from transformers import AutoConfig
+
+    from tideflow.models import model_max_len
+
+    return model_max_len(AutoConfig.from_pretrained(model))

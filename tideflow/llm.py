@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Sequence as Seq
 from typing import Any
 
-from tideflow.config import CacheConfig, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig
+from tideflow.config import engine_config
 from tideflow.outputs import RequestOutput
 from tideflow.sampling_params import SamplingParams
 
@@ -21,38 +21,15 @@ class LLM:
     >>> out[0].outputs[0].text
     """
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        tokenizer: str | None = None,
-        dtype: str = "auto",
-        seed: int = 0,
-        max_model_len: int | None = None,
-        block_size: int = 16,
-        num_kv_blocks: int | None = None,
-        kv_cache_memory_bytes: int = 1 << 30,
-        enable_prefix_caching: bool = True,
-        enable_chunked_prefill: bool = True,
-        max_num_seqs: int = 64,
-        max_num_batched_tokens: int | None = None,
-        attention_backend: str = "torch",
-        device: str = "cpu",
-        trust_remote_code: bool = False,
-    ):
+    def __init__(self, model: str, **engine_options):
+        """`model` is a HF model directory (or hub id). Engine options, all optional:
+        tokenizer, dtype ("auto" | "float32" | "float64" | "bfloat16" | "float16"), seed,
+        max_model_len, block_size, num_kv_blocks, kv_cache_memory_bytes,
+        enable_prefix_caching, enable_chunked_prefill, max_num_seqs, max_num_batched_tokens,
+        attention_backend, device, trust_remote_code (see `tideflow.config.engine_config`)."""
         from tideflow.runtime.engine import Engine
 
-        if max_num_batched_tokens is None:
-            # without chunking a whole prompt must fit one step
-            max_num_batched_tokens = 2048 if enable_chunked_prefill else max(2048, max_model_len or _config_len(model))
-        config = EngineConfig(
-            model=ModelConfig(model, tokenizer, dtype, max_model_len, seed, trust_remote_code),
-            cache=CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, enable_prefix_caching),
-            scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill),
-            parallel=ParallelConfig(device),
-            attention_backend=attention_backend,
-        )
-        self.engine = Engine(config)
+        self.engine = Engine(engine_config(model, **engine_options))
         self._ids = itertools.count()
 
     def get_tokenizer(self):
@@ -151,10 +128,3 @@ class LLM:
                 return self._encode(prompt["prompt"])
         raise ValueError(f"prompt: expected a string or a dict with 'prompt' or 'prompt_token_ids', got {type(prompt).__name__}")
 
-
-def _config_len(model: str) -> int:
-    from transformers import AutoConfig
-
-    from tideflow.models import model_max_len
-
-    return model_max_len(AutoConfig.from_pretrained(model))

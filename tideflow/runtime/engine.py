@@ -15,7 +15,8 @@ from tideflow.sampling_params import SamplingParams
 
 
 class Engine:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, *, detokenize: bool = True):
+        """`detokenize=False` leaves text and stop strings to a downstream stage (graphs)."""
         import torch
 
         from tideflow.models.loader import eos_token_ids, load_model, load_tokenizer, model_max_len
@@ -56,7 +57,7 @@ class Engine:
             num_layers, self.num_blocks, cc.block_size, kv_heads, head_dim, dtype, config.parallel.device
         )
         self.blocks = BlockManager(self.num_blocks, cc.block_size, cc.enable_prefix_caching)
-        self.detokenizer = Detokenizer(self.tokenizer)
+        self.detokenizer = Detokenizer(self.tokenizer) if detokenize else None
         self.scheduler = Scheduler(
             config.scheduler, self.blocks, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
             stop_checker=self.detokenizer, clock=time.monotonic,
@@ -84,6 +85,17 @@ class Engine:
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         ids = self._check_prompt(prompt_token_ids)
+        now = time.monotonic()
+        seqs = [self.new_sequence(request_id, i, ids, params, arrival_time=now) for i in range(params.n)]
+        request = Request(request_id, prompt, list(ids), params, seqs, arrival_time=now)
+        self.requests[request_id] = request
+        for seq in seqs:
+            self.scheduler.add(seq)
+        return request
+
+    def new_sequence(self, request_id: str, index: int, ids: list[int], params: SamplingParams, arrival_time=0.0) -> Sequence:
+        """A sequence for completion `index` of a request, its output limit resolved. Raises
+        ValueError when prompt plus max_tokens can never fit the KV pool."""
         max_tokens = self.max_model_len - len(ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
@@ -93,15 +105,25 @@ class Engine:
                 f"prompt_token_ids: prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) needs {needed} KV "
                 f"blocks, more than the cache holds ({self.num_blocks})"
             )
-        now = time.monotonic()
-        seqs = [
-            Sequence(request_id, i, list(ids), len(ids), params, max_tokens, arrival_time=now) for i in range(params.n)
-        ]
-        request = Request(request_id, prompt, list(ids), params, seqs, arrival_time=now)
-        self.requests[request_id] = request
-        for seq in seqs:
-            self.scheduler.add(seq)
-        return request
+        return Sequence(request_id, index, list(ids), len(ids), params, max_tokens, arrival_time=arrival_time)
+
+    def adopt(self, seq: Sequence, k, v) -> bool:
+        """Continue a sequence prefilled elsewhere: `k`/`v` hold the K/V of its first
+        `k.shape[1]` tokens. Returns False, holding nothing, when blocks or sequence slots are
+        short (the caller retries later or queues the sequence for recompute)."""
+        num_tokens = k.shape[1]
+        if len(self.scheduler.running) >= self.config.scheduler.max_num_seqs:
+            return False
+        if not self.blocks.allocate(seq, num_tokens):
+            return False
+        self.runner.write_kv(seq.block_table, k, v)
+        seq.num_computed_tokens = num_tokens
+        self.blocks.publish_full_blocks(seq)
+        return self.scheduler.adopt(seq)
+
+    def release(self, seqs: list[Sequence]) -> None:
+        """Stop sequences that leave this engine (handed off or aborted) and free their blocks."""
+        self.scheduler.abort(seqs)
 
     def _check_prompt(self, ids) -> list[int]:
         ids = list(ids)

@@ -41,6 +41,24 @@ class ModelRunner:
             return _EMPTY
         return self.sampler(out.logits[0], batch.sampled_seqs)
 
+    def read_kv(self, block_table: list[int], num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """The K and V of a sequence's first `num_tokens` tokens: [layers, tokens, kv_heads, head_dim] each."""
+        slots = self._slots(block_table, num_tokens)
+        k = self.kv_cache.k[:, slots].cpu().numpy()
+        v = self.kv_cache.v[:, slots].cpu().numpy()
+        return k, v
+
+    def write_kv(self, block_table: list[int], k: np.ndarray, v: np.ndarray) -> None:
+        """Write K/V read by `read_kv` (possibly on another replica) into this cache's blocks."""
+        slots = self._slots(block_table, k.shape[1])
+        self.kv_cache.k[:, slots] = torch.from_numpy(np.asarray(k)).to(self.kv_cache.k.device, self.kv_cache.k.dtype)
+        self.kv_cache.v[:, slots] = torch.from_numpy(np.asarray(v)).to(self.kv_cache.v.device, self.kv_cache.v.dtype)
+
+    def _slots(self, block_table: list[int], num_tokens: int) -> torch.Tensor:
+        pos = np.arange(num_tokens)
+        table = np.asarray(block_table, dtype=np.int64)
+        return torch.from_numpy(table[pos // self.block_size] * self.block_size + pos % self.block_size).to(self.device)
+
     def forward_only(self, batch: ScheduledBatch) -> torch.Tensor:
         """The forward pass without sampling (benchmarks measure engine overhead against it)."""
         input_ids, positions, meta, sample_idx = self.prepare(batch)

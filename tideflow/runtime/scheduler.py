@@ -63,6 +63,15 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 
+    def adopt(self, seq: Sequence) -> bool:
+        """Run a sequence whose first `seq.num_computed_tokens` tokens already have K/V in the
+        blocks of its table (a handoff from prefill). False when the sequence limit is reached."""
+        if len(self.running) >= self.config.max_num_seqs:
+            return False
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        return True
+
     def abort(self, seqs: list[Sequence]) -> None:
         """Stop these sequences now and free their blocks."""
         for seq in seqs:

@@ -1,0 +1,51 @@
+"""The built-in graphs run in-process (`graph.run`): same tokens as the engine, text, stop
+strings, chat messages, n > 1 and explicit errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tideflow import LLM, SamplingParams
+from tideflow.graphs.builtin import colocated, disaggregated
+from tideflow.runtime.collector import RequestError
+
+from .parity import mixed_requests, reference_tokens
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return tiny_model_dir("llama")
+
+
+@pytest.mark.parametrize("build", [colocated, disaggregated])
+def test_graph_run_equals_the_engine(model, build):
+    prompts, params = mixed_requests(512)
+    reference = reference_tokens(model, prompts, params)
+    graph = build(model, dtype="float64") if build is colocated else build(model, prefill=2, decode=2, dtype="float64")
+    out = graph.run(prompts, params)
+    assert [o.outputs[0].token_ids for o in out] == reference
+    assert all(o.finished for o in out)
+
+
+@pytest.mark.parametrize("build", [colocated, disaggregated])
+def test_text_stop_strings_chat_and_n(model, build):
+    llm = LLM(model, dtype="float32")
+    graph = build(model, dtype="float32")
+    prompts = ["def f(x):", {"messages": [{"role": "user", "content": "hi"}]}]
+    base = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    expected = llm.generate(prompts[:1], base, use_tqdm=False)[0].outputs[0]
+    stop = expected.text[4:7]
+    params = [base.replace(stop=[stop]), base.replace(n=2, temperature=1.0, seed=5)]
+    out = graph.run(prompts, params)
+    cut = out[0].outputs[0]
+    assert cut.text == expected.text[: expected.text.index(stop)] and cut.stop_reason == stop
+    assert cut.finish_reason == "stop"
+    chat = llm.chat(prompts[1]["messages"], params[1], use_tqdm=False)[0]
+    assert [c.token_ids for c in out[1].outputs] == [c.token_ids for c in chat.outputs]
+    assert [c.text for c in out[1].outputs] == [c.text for c in chat.outputs]
+
+
+def test_bad_request_fails_explicitly_and_others_complete(model):
+    graph = colocated(model, dtype="float32")
+    with pytest.raises(RequestError, match="outside the vocabulary"):
+        graph.run([{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [5, 100_000]}], SamplingParams(max_tokens=3))

@@ -1,0 +1,108 @@
+"""The colocated Engine role: prefill and decode in one engine, streaming tokens every step."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from tideflow.actors.base import Emission, StageContext, StageRole
+from tideflow.actors.rows import TokenStream, error_row, to_batch
+from tideflow.graphs import schemas
+
+# options that describe the stage, not the engine
+_STAGE_OPTIONS = ("model", "num_threads", "max_pending")
+
+
+def capacity(options: dict) -> int:
+    """Requests an engine-owning role holds before it stops taking input (`max_pending`;
+    default twice the running-sequence limit)."""
+    return int(options.get("max_pending", 2 * options.get("max_num_seqs", 64)))
+
+
+def build_engine(options: dict):
+    """An engine core (no detokenizer: text is the detokenizer stage's job) from stage options."""
+    from tideflow.config import engine_config
+    from tideflow.runtime.engine import Engine as EngineCore
+
+    if "num_threads" in options:
+        import torch
+
+        torch.set_num_threads(int(options["num_threads"]))
+    engine_options = {k: v for k, v in options.items() if k not in _STAGE_OPTIONS}
+    return EngineCore(engine_config(options["model"], **engine_options), detokenize=False)
+
+
+def admit(core, row: dict, producer: int) -> dict | None:
+    """Queue one TOKENIZED row on `core`; an error row when it cannot run."""
+    if row.get("error"):
+        return error_row(row["request_id"], row["error"], producer)
+    try:
+        core.add_request(row["request_id"], row["prompt_token_ids"], schemas.row_to_params(row["sampling"]), row["prompt"])
+    except (ValueError, TypeError) as exc:
+        return error_row(row["request_id"], str(exc), producer)
+    return None
+
+
+def engine_stats(core) -> dict:
+    blocks = core.blocks
+    return {
+        "num_requests_running": len(core.scheduler.running),
+        "num_requests_waiting": len(core.scheduler.waiting),
+        "kv_cache_usage_perc": blocks.usage,
+        "prefix_cache_queries": blocks.stats.queries,
+        "prefix_cache_hits": blocks.stats.hits,
+        "num_preemptions": core.scheduler.num_preemptions,
+    }
+
+
+class Engine(StageRole):
+    consumes = schemas.TOKENIZED
+    produces = schemas.TOKENS
+    needs_model = True
+    routing = "prefix"
+
+    def __init__(self, context: StageContext):
+        super().__init__(context)
+        self.core = build_engine(context.options)
+        self.stream = TokenStream(context.replica)
+        self.ready: list[dict] = []  # rows to send before the next step (errors)
+        self.capacity = capacity(context.options)
+
+    def push(self, batch: pa.RecordBatch, attachments=None) -> None:
+        for row in batch.to_pylist():
+            err = admit(self.core, row, self.context.replica)
+            if err is not None:
+                self.ready.append(err)
+
+    def poll(self) -> list[Emission]:
+        rows, self.ready = self.ready, []
+        if self.core.has_unfinished():
+            produced = self.core.step()
+            rows += self.stream.rows(produced)
+            for seq in produced:
+                req = self.core.requests.get(seq.request_id)
+                if req is not None and req.finished:
+                    del self.core.requests[seq.request_id]
+        return [Emission(to_batch(rows, self.produces))] if rows else []
+
+    def has_work(self) -> bool:
+        return bool(self.ready) or self.core.has_unfinished()
+
+    def load(self) -> int:
+        return self.core.scheduler.num_unfinished
+
+    def accepting(self) -> bool:
+        return self.load() < self.capacity
+
+    def abort(self, targets: list[tuple[str, int | None]]) -> None:
+        for request_id, index in targets:
+            req = self.core.requests.get(request_id)
+            if req is None:
+                continue
+            seqs = req.seqs if index is None else [s for s in req.seqs if s.index == index]
+            self.core.scheduler.abort(seqs)
+            self.stream.forget(request_id, index)
+            if req.finished:
+                del self.core.requests[request_id]
+
+    def stats(self) -> dict:
+        return engine_stats(self.core)
