@@ -43,12 +43,18 @@ class AttentionMetadata:
 
     kv_cache: PagedKVCache
     slot_mapping: torch.Tensor  # [num_tokens] int64: token -> cache slot (block * block_size + offset)
-    # decode rows (one query token each), attended in one batched call
-    decode_token_idx: torch.Tensor  # [num_decodes] int64: packed index of each decode row's token
-    decode_block_tables: torch.Tensor  # [num_decodes, max_blocks] int64, padded with 0
-    decode_context_lens: torch.Tensor  # [num_decodes] int64: tokens attended (cached + this one)
+    # decode rows (one query token each), sorted by context length and attended in groups, so
+    # that padding each group to its longest context wastes little
+    decode_groups: list["DecodeGroup"]
     # prefill rows (several query tokens), attended one by one
     prefills: list[tuple[int, int, int, torch.Tensor | None]]  # (token start, query length, computed before, block ids or None)
+
+
+@dataclass(slots=True)
+class DecodeGroup:
+    token_idx: torch.Tensor  # [rows] int64: packed index of each row's query token
+    block_tables: torch.Tensor  # [rows, blocks] int64: enough blocks for the group's longest context, padded with 0
+    context_lens: torch.Tensor  # [rows] int64: tokens attended (cached + this one)
 
 
 def torch_paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -65,15 +71,15 @@ def torch_paged_attention(module, query, key, value, attention_mask, scaling=Non
     gqa = q.shape[1] != k.shape[1]
     out = torch.empty_like(q)
 
-    if meta.decode_token_idx.numel():
-        bt = meta.decode_block_tables
+    for group in meta.decode_groups:
+        bt = group.block_tables
         num_rows, max_len = bt.shape[0], bt.shape[1] * cache.block_size
         kd = k_blocks[bt].reshape(num_rows, max_len, *k.shape[1:]).transpose(1, 2)  # [B, Hkv, L, D]
         vd = v_blocks[bt].reshape(num_rows, max_len, *v.shape[1:]).transpose(1, 2)
-        valid = torch.arange(max_len, device=q.device)[None, :] < meta.decode_context_lens[:, None]
-        qd = q[meta.decode_token_idx].unsqueeze(2)  # [B, H, 1, D]
+        valid = torch.arange(max_len, device=q.device)[None, :] < group.context_lens[:, None]
+        qd = q[group.token_idx].unsqueeze(2)  # [B, H, 1, D]
         od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=valid[:, None, None, :], scale=scaling, enable_gqa=gqa)
-        out[meta.decode_token_idx] = od.squeeze(2)
+        out[group.token_idx] = od.squeeze(2)
 
     for start, q_len, computed, blocks in meta.prefills:
         qp = q[start : start + q_len].transpose(0, 1)  # [H, n, D]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tideflow.runtime.attention import AttentionMetadata, PagedKVCache
+from tideflow.runtime.attention import AttentionMetadata, DecodeGroup, PagedKVCache
 from tideflow.runtime.batch import ScheduledBatch
 from tideflow.runtime.sampler import Sampler, SamplerOutput
 
 _EMPTY = SamplerOutput(token_ids=[], logprobs=[])
+DECODE_GROUP_ROWS = 8  # decode rows attended together (sorted by context length)
 
 
 class ModelRunner:
@@ -87,12 +88,20 @@ class ModelRunner:
         slots = tables[row_of_token, positions // bs] * bs + positions % bs
         context = computed + num_new
 
+        dev = self.device
         decode = np.flatnonzero(num_new == 1)
-        if decode.size:
-            dec_blocks = -(-int(context[decode].max()) // bs)
-            dec_tables = torch.from_numpy(np.ascontiguousarray(tables[decode, :dec_blocks]))
-        else:
-            dec_tables = torch.zeros((0, 1), dtype=torch.int64)
+        decode = decode[np.argsort(context[decode], kind="stable")]
+        groups = []
+        for start in range(0, decode.size, DECODE_GROUP_ROWS):
+            rows_ = decode[start : start + DECODE_GROUP_ROWS]
+            num_blocks = -(-int(context[rows_[-1]]) // bs)  # sorted: the last row is the longest
+            groups.append(
+                DecodeGroup(
+                    token_idx=torch.from_numpy(cu[rows_]).to(dev),
+                    block_tables=torch.from_numpy(np.ascontiguousarray(tables[rows_, :num_blocks])).to(dev),
+                    context_lens=torch.from_numpy(context[rows_]).to(dev),
+                )
+            )
         prefills = []
         for i in np.flatnonzero(num_new > 1):
             blocks = None
@@ -100,13 +109,10 @@ class ModelRunner:
                 blocks = torch.from_numpy(tables[i, : -(-int(context[i]) // bs)].copy())
             prefills.append((int(cu[i]), int(num_new[i]), int(computed[i]), blocks))
 
-        dev = self.device
         meta = AttentionMetadata(
             kv_cache=self.kv_cache,
             slot_mapping=torch.from_numpy(slots).to(dev),
-            decode_token_idx=torch.from_numpy(cu[decode]).to(dev),
-            decode_block_tables=dec_tables.to(dev),
-            decode_context_lens=torch.from_numpy(context[decode]).to(dev),
+            decode_groups=groups,
             prefills=[(s, n, c, b if b is None else b.to(dev)) for s, n, c, b in prefills],
         )
         sample_idx = torch.from_numpy(cu[1:][np.asarray(batch.sample, dtype=bool)] - 1).to(dev)
