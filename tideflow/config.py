@@ -86,7 +86,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    attention_backend: str = "torch"  # registry key of the attention implementation
+    attention_backend: str = "numba"  # attention implementation: "numba" (kernels) or "torch" (the references)
 
     def __post_init__(self):
         if not self.scheduler.enable_chunked_prefill and self.model.max_model_len is not None:
@@ -114,7 +114,7 @@ def engine_config(
     enable_chunked_prefill: bool = True,
     max_num_seqs: int = 64,
     max_num_batched_tokens: int | None = None,
-    attention_backend: str = "torch",
+    attention_backend: str = "numba",
     device: str = "cpu",
     trust_remote_code: bool = False,
 ) -> EngineConfig:

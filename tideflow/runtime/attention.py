@@ -1,4 +1,4 @@
-"""The `tideflow` attention function for `transformers.AttentionInterface`.
+"""The `tideflow` attention functions for `transformers.AttentionInterface`.
 
 transformers calls it once per layer with q/k/v of a packed, padding-free batch
 (`[1, heads, total_tokens, head_dim]`: every sequence of the step concatenated). It writes
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 ATTENTION_NAME = "tideflow"
+DEFAULT_BACKEND = "numba"
 
 
 @dataclass(slots=True)
@@ -57,30 +58,13 @@ class DecodeGroup:
     context_lens: torch.Tensor  # [rows] int64: tokens attended (cached + this one)
 
 
-def torch_paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Reference implementation in plain torch. Returns ([1, tokens, heads, head_dim], None)."""
-    meta: AttentionMetadata = kwargs["tideflow_meta"]
-    layer = module.layer_idx
-    q = query[0].transpose(0, 1)  # [T, H, D]
-    k = key[0].transpose(0, 1)  # [T, Hkv, D]
-    v = value[0].transpose(0, 1)
-    cache = meta.kv_cache
-    cache.k[layer].index_copy_(0, meta.slot_mapping, k)
-    cache.v[layer].index_copy_(0, meta.slot_mapping, v)
-    k_blocks, v_blocks = cache.blocks(layer)
+def _write_cache(meta: AttentionMetadata, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    meta.kv_cache.k[layer].index_copy_(0, meta.slot_mapping, k)
+    meta.kv_cache.v[layer].index_copy_(0, meta.slot_mapping, v)
+
+
+def _prefill(meta: AttentionMetadata, q, k, v, k_blocks, v_blocks, scaling, out) -> None:
     gqa = q.shape[1] != k.shape[1]
-    out = torch.empty_like(q)
-
-    for group in meta.decode_groups:
-        bt = group.block_tables
-        num_rows, max_len = bt.shape[0], bt.shape[1] * cache.block_size
-        kd = k_blocks[bt].reshape(num_rows, max_len, *k.shape[1:]).transpose(1, 2)  # [B, Hkv, L, D]
-        vd = v_blocks[bt].reshape(num_rows, max_len, *v.shape[1:]).transpose(1, 2)
-        valid = torch.arange(max_len, device=q.device)[None, :] < group.context_lens[:, None]
-        qd = q[group.token_idx].unsqueeze(2)  # [B, H, 1, D]
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=valid[:, None, None, :], scale=scaling, enable_gqa=gqa)
-        out[group.token_idx] = od.squeeze(2)
-
     for start, q_len, computed, blocks in meta.prefills:
         qp = q[start : start + q_len].transpose(0, 1)  # [H, n, D]
         if computed == 0:  # the whole context is in this step's packed K/V
@@ -95,19 +79,58 @@ def torch_paged_attention(module, query, key, value, attention_mask, scaling=Non
             mask = torch.arange(ctx, device=q.device)[None, :] <= q_pos[:, None]
             op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scaling, enable_gqa=gqa)
         out[start : start + q_len] = op.transpose(0, 1)
-    return out.unsqueeze(0), None
 
 
-_BACKENDS = {"torch": torch_paged_attention}
+def _paged_attention(decode_fn):
+    """An attention function for transformers from a decode implementation
+    `decode_fn(q [B, H, D], k_blocks, v_blocks, block_tables, context_lens, scale) -> [B, H, D]`."""
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        meta: AttentionMetadata = kwargs["tideflow_meta"]
+        layer = module.layer_idx
+        q = query[0].transpose(0, 1)  # [T, H, D]
+        k = key[0].transpose(0, 1)  # [T, Hkv, D]
+        v = value[0].transpose(0, 1)
+        _write_cache(meta, layer, k, v)
+        k_blocks, v_blocks = meta.kv_cache.blocks(layer)
+        out = torch.empty_like(q)
+        for group in meta.decode_groups:
+            out[group.token_idx] = decode_fn(
+                q[group.token_idx], k_blocks, v_blocks, group.block_tables, group.context_lens, scaling
+            )
+        _prefill(meta, q, k, v, k_blocks, v_blocks, scaling, out)
+        return out.unsqueeze(0), None  # [1, T, H, D]
+
+    return attention
 
 
-def register_attention(backend: str = "torch") -> str:
-    """Register the chosen implementation under the `tideflow` name; returns that name."""
+def _torch_backend():
+    from tideflow.kernels.paged_decode import paged_decode_ref
+
+    return _paged_attention(paged_decode_ref)
+
+
+def _numba_backend():
+    from tideflow.kernels.paged_decode import paged_decode
+
+    return _paged_attention(paged_decode)
+
+
+# backend -> (factory of the attention function, decode rows per group: None = all in one)
+# torch pads each group to its longest context, so it sorts rows and keeps groups small;
+# the numba kernel reads each sequence's own blocks in place and takes all rows at once.
+BACKENDS = {"torch": (_torch_backend, 8), "numba": (_numba_backend, None)}
+
+
+def register_attention(backend: str = "numba") -> str:
+    """Register the backend's attention function with transformers; returns the name to load
+    models with (`tideflow` for the default backend, `tideflow-<backend>` for the others)."""
     from transformers import AttentionInterface
 
     try:
-        fn = _BACKENDS[backend]
+        factory, _ = BACKENDS[backend]
     except KeyError:
-        raise ValueError(f"attention_backend must be one of {sorted(_BACKENDS)}, got {backend!r}") from None
-    AttentionInterface.register(ATTENTION_NAME, fn)
-    return ATTENTION_NAME
+        raise ValueError(f"attention_backend must be one of {sorted(BACKENDS)}, got {backend!r}") from None
+    name = ATTENTION_NAME if backend == DEFAULT_BACKEND else f"{ATTENTION_NAME}-{backend}"
+    AttentionInterface.register(name, factory())
+    return name

@@ -20,7 +20,7 @@ class Engine:
         import torch
 
         from tideflow.models.loader import eos_token_ids, load_model, load_tokenizer, model_max_len
-        from tideflow.runtime.attention import PagedKVCache, register_attention
+        from tideflow.runtime.attention import BACKENDS, PagedKVCache, register_attention
         from tideflow.runtime.detokenizer import Detokenizer
         from tideflow.runtime.kv_cache import BlockManager
         from tideflow.runtime.model_runner import ModelRunner
@@ -63,7 +63,10 @@ class Engine:
             stop_checker=self.detokenizer, clock=time.monotonic,
         )
         sampler = Sampler(self.vocab_size, self.eos_token_ids, seed=mc.seed, device=config.parallel.device)
-        self.runner = ModelRunner(self.model, kv_cache, sampler, device=config.parallel.device)
+        self.runner = ModelRunner(
+            self.model, kv_cache, sampler, device=config.parallel.device,
+            decode_group_rows=BACKENDS[config.attention_backend][1],
+        )
         self.requests: dict[str, Request] = {}
         torch.manual_seed(mc.seed)
 

@@ -15,12 +15,15 @@ from tideflow.runtime.batch import ScheduledBatch
 from tideflow.runtime.sampler import Sampler, SamplerOutput
 
 _EMPTY = SamplerOutput(token_ids=[], logprobs=[])
-DECODE_GROUP_ROWS = 8  # decode rows attended together (sorted by context length)
 
 
 class ModelRunner:
-    def __init__(self, model, kv_cache: PagedKVCache, sampler: Sampler, device: str = "cpu"):
+    def __init__(
+        self, model, kv_cache: PagedKVCache, sampler: Sampler, device: str = "cpu", decode_group_rows: int | None = None
+    ):
+        """`decode_group_rows`: decode rows attended per call, sorted by context length (None: all at once)."""
         self.model = model
+        self.decode_group_rows = decode_group_rows
         self.kv_cache = kv_cache
         self.sampler = sampler
         self.device = torch.device(device)
@@ -92,8 +95,9 @@ class ModelRunner:
         decode = np.flatnonzero(num_new == 1)
         decode = decode[np.argsort(context[decode], kind="stable")]
         groups = []
-        for start in range(0, decode.size, DECODE_GROUP_ROWS):
-            rows_ = decode[start : start + DECODE_GROUP_ROWS]
+        per_group = self.decode_group_rows or max(decode.size, 1)
+        for start in range(0, decode.size, per_group):
+            rows_ = decode[start : start + per_group]
             num_blocks = -(-int(context[rows_[-1]]) // bs)  # sorted: the last row is the longest
             groups.append(
                 DecodeGroup(
