@@ -14,9 +14,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from tideflow.bench.offline import main as offline_main
+    benches = {"offline": "tideflow.bench.offline", "graph": "tideflow.bench.graph"}
+    if not args.rest or args.rest[0] not in benches:
+        print(f"usage: tideflow bench {{{','.join(benches)}}} [options]  (--help after the name for its options)", file=sys.stderr)
+        return 2
+    import importlib
 
-    return offline_main(args.rest)
+    return importlib.import_module(benches[args.rest[0]]).main(args.rest[1:])
 
 
 def _graph(args: argparse.Namespace) -> int:
@@ -48,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-tokens", type=int, default=48)
     demo.set_defaults(func=_demo)
 
-    bench = sub.add_parser("bench", help="benchmarks: `tideflow bench offline --help`", add_help=False)
+    bench = sub.add_parser("bench", help="benchmarks: `tideflow bench offline|graph --help`", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
 

@@ -7,6 +7,7 @@ so what a client sees never repeats or skips text.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -33,12 +34,13 @@ class OutputCollector:
 
     def register(self, request_id: str, prompt: str | None, n: int) -> None:
         completions = [CompletionOutput(i, "", [], None, None, None) for i in range(n)]
-        out = RequestOutput(request_id, prompt, [], completions, finished=False)
+        out = RequestOutput(request_id, prompt, [], completions, finished=False, metrics={"arrival_time": time.time()})
         self.pending[request_id] = _Pending(out, [0] * n)
 
     def add(self, batch: pa.RecordBatch) -> set[str]:
         """Apply output rows; returns the request ids that changed."""
         changed = set()
+        now = time.time()  # wall clock: first_token_time / finished_time in metrics
         for row in batch.to_pylist():
             p = self.pending.get(row["request_id"])
             if p is None:
@@ -55,6 +57,8 @@ class OutputCollector:
             if row["prompt_token_ids"] is not None and not p.output.prompt_token_ids:
                 p.output.prompt_token_ids = row["prompt_token_ids"]
             c.token_ids.extend(row["new_token_ids"])
+            if row["new_token_ids"]:
+                p.output.metrics.setdefault("first_token_time", now)
             c.text += row["text"] or ""
             logprobs = decode_logprobs(row["logprobs"])
             if logprobs is not None:
@@ -66,6 +70,8 @@ class OutputCollector:
                 c.finish_reason = row["finish_reason"]
                 c.stop_reason = row["stop_reason"] if row["stop_token_id"] is None else row["stop_token_id"]
                 p.output.finished = all(x.finish_reason is not None for x in p.output.outputs)
+                if p.output.finished:
+                    p.output.metrics["finished_time"] = now
             p.dirty = True
             changed.add(row["request_id"])
         return changed

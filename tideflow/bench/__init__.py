@@ -1,0 +1,9 @@
+"""Benchmarks: seeded workloads (`workloads`) and the offline throughput comparison (`offline`).
+
+Run with `tideflow bench offline` (or `python -m tideflow.bench.offline`). Benchmarks report
+ratios measured side by side in one run; tests check behaviour, never timings.
+"""
+
+from tideflow.bench.workloads import TraceRequest, mixed_trace, shared_prefix_trace, trace_stats
+
+__all__ = ["TraceRequest", "mixed_trace", "shared_prefix_trace", "trace_stats"]

@@ -1,0 +1,597 @@
+"""Offline throughput: tideflow against Hugging Face on one seeded trace.
+
+Every system runs the same `mixed` trace on the same weights, greedy, and generates exactly
+each request's `max_tokens` (EOS ignored). Systems (string-keyed in `SYSTEMS`):
+
+- `hf-static`: `model.generate` over static, left-padded batches of `batch_size` requests
+  in trace order, each batch running to its longest request. Tokens past a request's own
+  `max_tokens` are waste: throughput counts only the useful ones.
+- `hf-cb`: transformers' continuous batching manager (what `model.generate_batch` drives),
+  with per-request `max_new_tokens` (see `HFContinuous`).
+- `tideflow`: the in-process engine, `LLM.generate`.
+
+Each system loads its model and warms up on two short requests before the timed run; one
+system runs at a time. Then, at batch 32, the tideflow engine step is compared with the model
+forward alone on the same batch (engine overhead = step - forward). Absolute numbers on a
+shared machine are noisy: read the ratios (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tideflow.bench.workloads import TraceRequest, mixed_trace, trace_stats
+
+# A ~24M-parameter Llama (8 x 2.9M per layer + 0.5M embeddings), vocab of the tiny tokenizer.
+BENCH_MODEL_NAME = "llama-24m"
+BENCH_MODEL_CONFIG: dict[str, Any] = {
+    "hidden_size": 512,
+    "intermediate_size": 1376,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 2048,
+}
+DEFAULT_SYSTEMS = ("hf-static", "hf-cb", "tideflow")
+DEFAULT_NUM_REQUESTS = 64  # a full 3-system run takes ~5 minutes on a 2-core CPU
+KV_CACHE_BYTES = 1 << 30  # KV pool of tideflow and hf-cb alike
+MAX_BATCH_TOKENS = 2048  # per-step token budget of tideflow and hf-cb alike
+MAX_SEQS = 64  # concurrent sequences of tideflow and hf-cb alike
+OVERHEAD_BATCH, OVERHEAD_PROMPT_LEN, OVERHEAD_STEPS = 32, 128, 16
+
+
+def bench_model(path: str | os.PathLike) -> Path:
+    """Write the benchmark model (random weights, float32) into `path` unless it is already there."""
+    from tideflow.models.testing import write_tiny_model
+
+    path = Path(path)
+    if _is_bench_model(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # written whole, then renamed
+        write_tiny_model("llama", Path(tmp) / "model", seed=0, **BENCH_MODEL_CONFIG)
+        if path.exists() and not _is_bench_model(path):  # a stale copy from another config
+            shutil.rmtree(path)
+        try:
+            (Path(tmp) / "model").rename(path)
+        except OSError:  # another process wrote it meanwhile
+            if not _is_bench_model(path):
+                raise
+    return path
+
+
+def _is_bench_model(path: Path) -> bool:
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    fields_match = all(config.get(k) == v for k, v in BENCH_MODEL_CONFIG.items())
+    return fields_match and (path / "model.safetensors").is_file()
+
+
+def default_model_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "tideflow-bench" / BENCH_MODEL_NAME
+
+
+# -- systems ------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Generation:
+    """What one system produced for a trace."""
+
+    token_ids: list[list[int]]  # request (trace order) -> its max_tokens generated ids
+    generated_tokens: int  # every token the system generated, waste included
+
+
+class System(Protocol):
+    """A loaded system. `generate` runs a whole trace and blocks; `close` frees what it holds."""
+
+    def generate(self, trace: list[TraceRequest]) -> Generation: ...
+
+    def close(self) -> None: ...
+
+
+def _load_hf(model_dir: str, dtype: str, attn_implementation: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+    )
+    return model.eval()
+
+
+class HFStatic:
+    """`model.generate` on left-padded batches (with attention_mask) in trace order, each with
+    `max_new_tokens` = `min_new_tokens` = the batch's largest `max_tokens`. EOS is switched off
+    with `eos_token_id=None`, so nothing stops early and EOS may still be sampled, exactly like
+    tideflow's `ignore_eos`. (With an EOS id, `min_new_tokens` alone would mask EOS out of the
+    logits and change the greedy tokens; without one it has nothing to mask.)"""
+
+    def __init__(self, model_dir: str, dtype: str, batch_size: int):
+        self.model = _load_hf(model_dir, dtype, "sdpa")
+        self.batch_size = batch_size
+        config = self.model.config
+        pad = self.model.generation_config.pad_token_id
+        self.pad_id = pad if pad is not None else (config.pad_token_id or 0)
+
+    def generate(self, trace: list[TraceRequest]) -> Generation:
+        import torch
+
+        token_ids, generated = [], 0
+        for start in range(0, len(trace), self.batch_size):
+            batch = trace[start : start + self.batch_size]
+            width = max(len(r.prompt_token_ids) for r in batch)
+            new = max(r.max_tokens for r in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, r in enumerate(batch):
+                ids[row, width - len(r.prompt_token_ids) :] = torch.tensor(r.prompt_token_ids)
+                mask[row, width - len(r.prompt_token_ids) :] = 1
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                    do_sample=False, eos_token_id=None, pad_token_id=self.pad_id,
+                )
+            out = out[:, width:]
+            generated += out.numel()
+            token_ids += [out[row, : r.max_tokens].tolist() for row, r in enumerate(batch)]
+        return Generation(token_ids, generated)
+
+    def close(self) -> None:
+        self.model = None
+
+
+class HFContinuous:
+    """transformers' continuous batching. `model.generate_batch(inputs, generation_config)`
+    takes one `max_new_tokens` for all inputs, so this drives the manager it wraps directly
+    (`model.continuous_batching_context_manager`, as `generate_batch` does) and submits each
+    request with `manager.add_request(ids, max_new_tokens=its max_tokens, eos_token_id=-1)`
+    (-1: no EOS). Attention is "sdpa" (flash is unavailable on CPU; `auto_switch_to_flash`
+    off). KV capacity, step token budget and batch size match tideflow's; the cache holds
+    pages of 256 tokens (transformers' default). Prefix sharing stays on, as in tideflow.
+    With sdpa, transformers preallocates one attention mask of [max_batch_tokens, KV capacity
+    + max_batch_tokens] and slices it to the tokens each step reads."""
+
+    def __init__(self, model_dir: str, dtype: str, attn_implementation: str = "sdpa"):
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        self.model = _load_hf(model_dir, dtype, attn_implementation)
+        cfg = self.model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        # KV capacity in tokens, sized by tideflow's rule: the byte budget, capped at what
+        # MAX_SEQS sequences of the full context length can use
+        bytes_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * self.model.dtype.itemsize
+        capacity = min(KV_CACHE_BYTES // bytes_per_token, MAX_SEQS * cfg.max_position_embeddings)
+        page = 256
+        cb_config = ContinuousBatchingConfig(
+            page_size=page,
+            num_blocks=max(1, -(-capacity // page)),
+            max_batch_tokens=MAX_BATCH_TOKENS,
+            max_requests_per_batch=MAX_SEQS,
+            auto_switch_to_flash=False,
+            seed=0,
+        )
+        gen_config = GenerationConfig(do_sample=False, max_new_tokens=1, eos_token_id=-1, pad_token_id=cfg.pad_token_id)
+        self._stack = contextlib.ExitStack()
+        self.manager = self._stack.enter_context(
+            self.model.continuous_batching_context_manager(
+                generation_config=gen_config, continuous_batching_config=cb_config, warmup=False
+            )
+        )
+
+    def generate(self, trace: list[TraceRequest]) -> Generation:
+        ids = [
+            self.manager.add_request(list(r.prompt_token_ids), max_new_tokens=r.max_tokens, eos_token_id=-1)
+            for r in trace
+        ]
+        results = {}
+        while len(results) < len(ids):
+            result = self.manager.get_result(timeout=1)
+            if result is None:
+                if not self.manager.is_running():
+                    raise RuntimeError("transformers' continuous batching thread stopped early")
+                continue
+            if result.is_finished():
+                if result.error is not None:
+                    raise RuntimeError(f"hf-cb request {result.request_id} failed: {result.error}")
+                results[result.request_id] = result
+        token_ids = [list(results[i].generated_tokens) for i in ids]
+        return Generation(token_ids, sum(map(len, token_ids)))
+
+    def close(self) -> None:
+        self._stack.close()
+        self.manager = self.model = None
+
+
+class Tideflow:
+    """The in-process engine, with its defaults (64 sequences, 2048 tokens a step, 1 GiB KV)."""
+
+    def __init__(self, model_dir: str, dtype: str):
+        from tideflow import LLM
+
+        self.llm = LLM(
+            model_dir, dtype=dtype, kv_cache_memory_bytes=KV_CACHE_BYTES, max_num_seqs=MAX_SEQS,
+            max_num_batched_tokens=MAX_BATCH_TOKENS,
+        )
+
+    def generate(self, trace: list[TraceRequest]) -> Generation:
+        from tideflow import SamplingParams
+
+        prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in trace]
+        params = [SamplingParams(temperature=0, max_tokens=r.max_tokens, ignore_eos=True) for r in trace]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        token_ids = [list(o.outputs[0].token_ids) for o in outputs]
+        return Generation(token_ids, sum(map(len, token_ids)))
+
+    def close(self) -> None:
+        self.llm = None
+
+
+SYSTEMS = {
+    "hf-static": lambda model_dir, dtype, batch_size: HFStatic(model_dir, dtype, batch_size),
+    "hf-cb": lambda model_dir, dtype, batch_size: HFContinuous(model_dir, dtype),
+    "tideflow": lambda model_dir, dtype, batch_size: Tideflow(model_dir, dtype),
+}
+
+
+def _cpu_busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (Linux), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _other_cpu_frac(busy0: float | None, own0: float, wall: float) -> float | None:
+    """Share of the machine's CPUs that other processes used since (busy0, own0), over `wall` s."""
+    busy1 = _cpu_busy_s()
+    if busy0 is None or busy1 is None or wall <= 0:
+        return None
+    return max(0.0, (busy1 - busy0) - (_own_cpu_s() - own0)) / (wall * (os.cpu_count() or 1))
+
+
+def _time_system(name: str, model_dir: str, trace, *, dtype: str, batch_size: int, vocab_size: int) -> dict:
+    """Load, warm up, then time one system on the trace; returns its result record."""
+    system: System = SYSTEMS[name](model_dir, dtype, batch_size)
+    try:
+        system.generate(mixed_trace(2, 1, vocab_size=vocab_size, max_prompt=32, min_output=4, max_output=4))
+        busy0, own0, start = _cpu_busy_s(), _own_cpu_s(), time.perf_counter()
+        gen = system.generate(trace)
+        wall = time.perf_counter() - start
+        other = _other_cpu_frac(busy0, own0, wall)
+    finally:
+        system.close()
+    for r, ids in zip(trace, gen.token_ids):
+        if len(ids) != r.max_tokens:
+            raise RuntimeError(f"{name}: a request asked for {r.max_tokens} tokens and got {len(ids)}")
+    useful = sum(r.max_tokens for r in trace)
+    prompt = sum(len(r.prompt_token_ids) for r in trace)
+    return {
+        "wall_s": wall,
+        "output_tokens": useful,
+        "generated_tokens": gen.generated_tokens,
+        "output_tok_s": useful / wall,
+        "total_tok_s": (prompt + useful) / wall,
+        "requests_s": len(trace) / wall,
+        # CPU used by other processes during the run, as a fraction of the machine (noise indicator)
+        "other_cpu_frac": other,
+        "token_ids": gen.token_ids,
+    }
+
+
+# -- engine overhead ------------------------------------------------------------------------------
+def measure_overhead(
+    model_dir: str, *, dtype: str = "float32", batch: int = OVERHEAD_BATCH, prompt_len: int = OVERHEAD_PROMPT_LEN,
+    steps: int = OVERHEAD_STEPS, seed: int = 0,
+) -> dict:
+    """Time `steps` decode steps of the tideflow engine at `batch` running sequences against the
+    model forward alone on the same batches. Steps alternate: one timed `engine.step()`, then
+    one step run by hand with `runner.forward_only` timed on its scheduled batch, so both see
+    the same batch shape and context lengths (within one token)."""
+    import numpy as np
+
+    from tideflow import LLM, SamplingParams
+
+    llm = LLM(model_dir, dtype=dtype, kv_cache_memory_bytes=KV_CACHE_BYTES, max_num_seqs=max(MAX_SEQS, batch),
+              max_num_batched_tokens=MAX_BATCH_TOKENS)
+    engine = llm.engine
+    rng = np.random.default_rng(seed)
+    params = SamplingParams(temperature=0, max_tokens=2 * steps + 8, ignore_eos=True)
+    seqs = []
+    for i in range(batch):
+        ids = rng.integers(5, engine.vocab_size, size=prompt_len).tolist()
+        seqs += engine.add_request(f"overhead-{i}", ids, params).seqs
+    while any(s.num_computed_tokens < len(s.token_ids) - 1 or s.num_output_tokens == 0 for s in seqs):
+        engine.step()  # prefill (chunked under the budget) until every sequence decodes
+    scheduler, runner = engine.scheduler, engine.runner
+    step_s, fwd_s, prep_s, sched_s, exec_s, upd_s = [], [], [], [], [], []
+    busy0, own0, start = _cpu_busy_s(), _own_cpu_s(), time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        engine.step()
+        step_s.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        sched = scheduler.schedule()
+        t1 = time.perf_counter()
+        runner.forward_only(sched)
+        t2 = time.perf_counter()
+        if hasattr(runner, "prepare"):
+            runner.prepare(sched)
+        t3 = time.perf_counter()
+        out = runner.execute(sched)
+        t4 = time.perf_counter()
+        scheduler.update(sched, out)
+        t5 = time.perf_counter()
+        if len(sched) != batch or sched.num_tokens != batch:
+            raise RuntimeError(f"overhead: expected {batch} decode rows, the scheduler gave {len(sched)}")
+        sched_s.append(t1 - t0)
+        fwd_s.append(t2 - t1)
+        prep_s.append(t3 - t2)
+        exec_s.append(t4 - t3)
+        upd_s.append(t5 - t4)
+    for seq in seqs:
+        if not seq.finished:
+            engine.abort_request(seq.request_id)
+
+    other = _other_cpu_frac(busy0, own0, time.perf_counter() - start)
+    ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
+    step, fwd = ms(step_s), ms(fwd_s)
+    return {
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "steps": steps,
+        "step_ms": step,  # medians
+        "forward_ms": fwd,
+        "overhead_ms": step - fwd,
+        "overhead_pct": 100 * (step - fwd) / step,
+        "step_ms_min": 1e3 * min(step_s),  # minima: the least disturbed steps on a shared machine
+        "forward_ms_min": 1e3 * min(fwd_s),
+        "other_cpu_frac": other,
+        "parts_ms": {  # medians over the hand-run steps; forward includes input preparation
+            "schedule": ms(sched_s),
+            "prepare_inputs": ms(prep_s),
+            "execute": ms(exec_s),
+            "update": ms(upd_s),
+        },
+    }
+
+
+# -- the benchmark --------------------------------------------------------------------------------
+def _model_info(model_dir: str) -> dict:
+    import math
+
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    params = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(f, "np") as st:
+            params += sum(math.prod(st.get_slice(key).get_shape()) for key in st.keys())
+    fields = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads")
+    return {"dir": str(model_dir), "params": params, **{k: getattr(config, k, None) for k in fields}}
+
+
+def _environment() -> dict:
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_avg_1m": os.getloadavg()[0],  # > torch_threads means other work shared the CPU
+    }
+
+
+def _agreement(ref: list[list[int]], other: list[list[int]]) -> dict:
+    """How far two systems' greedy outputs agree: identical requests, and where the others diverge."""
+    diverged = {}
+    for i, (a, b) in enumerate(zip(ref, other)):
+        pos = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if pos is not None or len(a) != len(b):
+            diverged[str(i)] = pos if pos is not None else min(len(a), len(b))
+    return {
+        "identical_requests": len(ref) - len(diverged),
+        "requests": len(ref),
+        "first_divergence": diverged,  # request index -> first differing output position
+    }
+
+
+def run_offline(
+    model_dir: str,
+    *,
+    num_requests: int,
+    seed: int,
+    systems: list[str],
+    batch_size: int = 8,
+    dtype: str = "float32",
+    json_path: str | os.PathLike | None = None,
+    min_prompt: int = 16,
+    max_prompt: int = 1024,
+    min_output: int = 8,
+    max_output: int = 512,
+    overhead_steps: int = OVERHEAD_STEPS,
+    repeats: int = 1,
+    return_tokens: bool = False,
+    log=None,
+) -> dict:
+    """Run `systems` on one `mixed` trace and return a JSON-able result (written to `json_path`
+    when given). `overhead_steps` > 0 also measures engine overhead at batch 32 (needs
+    "tideflow" in `systems`). `repeats` > 1 runs the systems that many times, alternating, and
+    reports each one's fastest run (all wall times under `wall_s_runs`). `return_tokens` adds every system's generated ids under
+    `debug.token_ids`. `log` receives progress lines (e.g. `print`)."""
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or not systems:
+        raise ValueError(f"systems: expected names from {sorted(SYSTEMS)}, got {systems}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be positive, got {repeats}")
+    log = log or (lambda line: None)
+    model_dir = str(model_dir)
+    info = _model_info(model_dir)
+    trace = mixed_trace(
+        num_requests, seed, vocab_size=info["vocab_size"], min_prompt=min_prompt, max_prompt=max_prompt,
+        min_output=min_output, max_output=max_output,
+    )
+    result: dict[str, Any] = {
+        "benchmark": "offline",
+        "model": info,
+        "dtype": dtype,
+        "trace": {"workload": "mixed", "seed": seed, **trace_stats(trace)},
+        "settings": {"repeats": repeats, "hf_static_batch_size": batch_size, "max_num_seqs": MAX_SEQS,
+                     "max_batch_tokens": MAX_BATCH_TOKENS, "kv_cache_bytes": KV_CACHE_BYTES},
+        "environment": _environment(),
+        "systems": {},
+    }
+    tokens, walls = {}, {name: [] for name in systems}
+    for rep in range(repeats):  # alternate the systems; keep each one's fastest run
+        for name in systems:
+            log(f"running {name} on {num_requests} requests" + (f" (round {rep + 1}/{repeats})" if repeats > 1 else ""))
+            record = _time_system(name, model_dir, trace, dtype=dtype, batch_size=batch_size,
+                                  vocab_size=info["vocab_size"])
+            tokens[name] = record.pop("token_ids")
+            walls[name].append(record["wall_s"])
+            best = result["systems"].get(name)
+            if best is None or record["wall_s"] < best["wall_s"]:
+                result["systems"][name] = record
+            log(f"  {name}: {record['wall_s']:.1f} s, {record['output_tok_s']:.1f} output tok/s")
+    if repeats > 1:
+        for name in systems:
+            result["systems"][name]["wall_s_runs"] = walls[name]
+    if "tideflow" in result["systems"]:
+        ours = result["systems"]["tideflow"]["output_tok_s"]
+        result["ratios"] = {
+            f"tideflow/{name}": ours / rec["output_tok_s"] for name, rec in result["systems"].items() if name != "tideflow"
+        }
+    result["agreement"] = {  # greedy ids against the first system's (float32 may flip near-ties late)
+        name: _agreement(tokens[systems[0]], tokens[name]) for name in systems[1:]
+    }
+    if overhead_steps > 0 and "tideflow" in systems:
+        log(f"measuring engine overhead at batch {OVERHEAD_BATCH} ...")
+        result["overhead"] = measure_overhead(model_dir, dtype=dtype, steps=overhead_steps, seed=seed)
+    result["environment"]["load_avg_1m_end"] = os.getloadavg()[0]
+    if return_tokens:
+        result["debug"] = {"token_ids": tokens}
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The result as an aligned plain-text table."""
+    t, m = result["trace"], result["model"]
+    lines = [
+        f"model: {m['model_type']} {m['params'] / 1e6:.1f}M params, {result['dtype']}; "
+        f"trace: mixed seed={t['seed']}, {t['num_requests']} requests, "
+        f"{t['prompt_tokens']} prompt + {t['output_tokens']} output tokens "
+        f"(prompt mean {t['prompt_len_mean']:.0f} / median {t['prompt_len_median']:.0f}, "
+        f"output mean {t['output_len_mean']:.0f} / median {t['output_len_median']:.0f})",
+        "",
+    ]
+    ratios = result.get("ratios", {})
+    header = ("system", "wall s", "output tok/s", "total tok/s", "req/s", "generated", "tideflow x", "others' CPU")
+    rows = [header]
+    for name, r in result["systems"].items():
+        ratio = ratios.get(f"tideflow/{name}")
+        rows.append((
+            name, f"{r['wall_s']:.2f}", f"{r['output_tok_s']:.1f}", f"{r['total_tok_s']:.1f}",
+            f"{r['requests_s']:.2f}", str(r["generated_tokens"]), "-" if ratio is None else f"{ratio:.2f}",
+            "?" if r.get("other_cpu_frac") is None else f"{100 * r['other_cpu_frac']:.0f}%",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for k, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("(output tok/s counts each request's own max_tokens; 'generated' includes hf-static's padding waste;")
+    lines.append(" others' CPU: share of the machine used by other processes while the system ran; above a few %")
+    lines.append(" the timings are disturbed)")
+    first = next(iter(result["systems"]), None)
+    for name, a in result.get("agreement", {}).items():
+        where = ", ".join(f"#{r}@{pos}" for r, pos in list(a["first_divergence"].items())[:6])
+        lines.append(f"greedy tokens, {name} vs {first}: {a['identical_requests']}/{a['requests']} requests identical"
+                     + (f" (request#@first differing position: {where})" if where else ""))
+    o = result.get("overhead")
+    if o:
+        p = o["parts_ms"]
+        lines += [
+            "",
+            f"engine overhead, batch {o['batch']} in decode (prompts of {o['prompt_len']}), median of {o['steps']} steps:",
+            f"  step {o['step_ms']:.2f} ms, forward {o['forward_ms']:.2f} ms, "
+            f"overhead {o['overhead_ms']:.2f} ms ({o['overhead_pct']:.1f}%)",
+            f"  minima: step {o['step_ms_min']:.2f} ms, forward {o['forward_ms_min']:.2f} ms; "
+            f"others' CPU {'?' if o['other_cpu_frac'] is None else format(o['other_cpu_frac'], '.0%')}",
+            f"  parts: schedule {p['schedule']:.2f} ms, prepare inputs {p['prepare_inputs']:.2f} ms, "
+            f"execute {p['execute']:.2f} ms, update {p['update']:.2f} ms",
+        ]
+    return "\n".join(lines)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The options of `tideflow bench offline`, added to `parser` (a new one when None)."""
+    p = parser or argparse.ArgumentParser(prog="tideflow bench offline", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help=f"model directory (default: the {BENCH_MODEL_NAME} bench model, "
+                   "written on first use under the temp directory)")
+    p.add_argument("--num-requests", type=int, default=DEFAULT_NUM_REQUESTS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated, from {sorted(SYSTEMS)}")
+    p.add_argument("--batch-size", type=int, default=8, help="hf-static batch size")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    p.add_argument("--min-prompt", type=int, default=16)
+    p.add_argument("--max-prompt", type=int, default=1024)
+    p.add_argument("--min-output", type=int, default=8)
+    p.add_argument("--max-output", type=int, default=512)
+    p.add_argument("--overhead-steps", type=int, default=OVERHEAD_STEPS,
+                   help="decode steps timed for the batch-32 overhead measurement (0: skip)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the systems this many times, alternating, and keep each one's fastest run")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    model_dir = args.model or str(bench_model(default_model_dir()))
+    result = run_offline(
+        model_dir, num_requests=args.num_requests, seed=args.seed,
+        systems=[s.strip() for s in args.systems.split(",") if s.strip()], batch_size=args.batch_size,
+        dtype=args.dtype, json_path=args.json, min_prompt=args.min_prompt, max_prompt=args.max_prompt,
+        min_output=args.min_output, max_output=args.max_output, overhead_steps=args.overhead_steps,
+        repeats=args.repeats,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
