@@ -308,6 +308,7 @@ def test_rejects_a_malformed_cluster():
 def test_default_cluster_is_this_machine(monkeypatch):
     fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(device_count=lambda: 0))
     monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    monkeypatch.delitem(sys.modules, "ray", raising=False)  # as if Ray were not running (another test may have started it)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     chat().compile()  # fits on 2 CPUs
     g = Graph("gpu")

@@ -35,8 +35,14 @@ class CollectorActor:
         return results
 
     async def next(self, request_id: str):
-        """The request's output once it has grown since the last call (RequestOutput or error)."""
-        while not self.out.pending[request_id].dirty:
+        """The request's output once it has grown since the last call (RequestOutput or error),
+        or None once the request was cancelled."""
+        while True:
+            pending = self.out.pending.get(request_id)
+            if pending is None:
+                return None
+            if pending.dirty:
+                break
             await self._wait(request_id)
         if self.out.finished(request_id):
             return self._pop(request_id)
@@ -51,9 +57,11 @@ class CollectorActor:
             self.changed[rid].set()
 
     async def cancel(self, request_id: str) -> None:
-        if request_id in self.out.pending:
-            del self.out.pending[request_id]
-            self.changed.pop(request_id, None)
+        """Forget a request whose client left; a `next` call still waiting on it returns None."""
+        self.out.pending.pop(request_id, None)
+        event = self.changed.pop(request_id, None)
+        if event is not None:
+            event.set()
 
     async def watch(self, runs: dict) -> None:
         """`runs`: replica name -> [ObjectRef of its run()]. Returns when all have ended."""
@@ -75,7 +83,9 @@ class CollectorActor:
         return {"in_flight": len(self.out.unfinished()), "dead": list(self.dead)}
 
     async def _wait(self, rid: str) -> None:
-        event = self.changed[rid]
+        event = self.changed.get(rid)
+        if event is None:
+            return
         await event.wait()
         event.clear()
 

@@ -138,6 +138,8 @@ class GraphHandle:
         try:
             while not finished:
                 out = await self.collector.next.remote(rid)
+                if out is None:  # cancelled meanwhile (abort from elsewhere)
+                    return
                 if isinstance(out, str):
                     raise RequestError(out)
                 finished = out.finished
