@@ -1,23 +1,91 @@
-"""The command line: `tideflow demo` runs the main job end to end."""
+"""The command line: `tideflow demo` serves the default model and streams chats through it end
+to end; `tideflow serve` serves until SIGTERM and then shuts down cleanly."""
 
 from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
 
 import pytest
 
 from tideflow.cli import main
 
 
-def test_demo_generates_on_the_default_model(tmp_path, monkeypatch, capsys):
+def test_demo_serves_the_default_model_and_streams_chats(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TIDEFLOW_CACHE_DIR", str(tmp_path))
-    assert main(["demo", "--num-prompts", "4", "--max-tokens", "5"]) == 0
+    assert main(["demo", "--num-requests", "2", "--max-tokens", "5"]) == 0
     out = capsys.readouterr().out
-    assert "4 requests" in out and "tokens/s" in out
-    assert out.count("prompt: ") == 4
-    # the default model was written once into the cache and is reused
     from tideflow.models.default import DEFAULT_MODEL_NAME, default_model_dir
 
+    assert f"model {DEFAULT_MODEL_NAME!r} served at http://127.0.0.1:" in out
+    assert out.count("user: ") == 2 and out.count("assistant: ") == 2
+    replies = re.findall(r"^assistant: (.*)$", out, flags=re.M)
+    assert len(replies) == 2 and all(r.strip() for r in replies)  # text streamed in
+    summary = re.search(r"2 streamed chat requests, (\d+) generated tokens in [\d.]+ s: [\d.]+ tokens/s", out)
+    assert summary and int(summary.group(1)) == 10
+    assert out.rstrip().endswith("server stopped")
+    # the default model was written once into the cache and is reused
     assert default_model_dir() == tmp_path / DEFAULT_MODEL_NAME
     assert (tmp_path / DEFAULT_MODEL_NAME / "model.safetensors").exists()
+
+
+def test_serve_runs_until_sigterm_then_shuts_down(tiny_model_dir, tmp_path):
+    from tideflow.serve.launcher import free_port
+
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TIDEFLOW_CACHE_DIR": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)  # a fresh local Ray instance
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tideflow.cli", "serve", "--model", tiny_model_dir("llama"), "--port", str(port),
+         "--served-model-name", "tiny", "--dtype", "float32"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if "(Ctrl-C to stop)" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(180), "".join(lines)[-3000:]
+        url = f"http://127.0.0.1:{port}"
+        assert f"model 'tiny' at {url}/v1" in lines[-1]
+        with urllib.request.urlopen(f"{url}/health", timeout=30) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as resp:
+            assert [m["id"] for m in json.loads(resp.read())["data"]] == ["tiny"]
+        body = json.dumps({"model": "tiny", "prompt": "def f(x):", "max_tokens": 4, "ignore_eos": True}).encode()
+        req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert json.loads(resp.read())["usage"]["completion_tokens"] == 4
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        reader.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(lines)
+    assert proc.returncode == 0, out[-3000:]
+    assert "tideflow serve: shutting down" in out and out.rstrip().endswith("tideflow serve: stopped")
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/health", timeout=5)
+
+
+def test_serve_rejects_bad_arguments_before_starting(capsys):
+    assert main(["serve", "--model", "/no/such/model"]) == 2
+    assert "no/such/model" in capsys.readouterr().err
 
 
 def test_unknown_command_exits_with_usage(capsys):

@@ -1,43 +1,50 @@
-"""The main job end to end: load the embedded default model, generate for a batch of prompts,
-print the completions and the throughput."""
+"""The main job end to end: serve the embedded default model over the OpenAI-compatible API
+on Ray Serve, stream a few chat completions through the official `openai` client, printing
+them as they arrive, then shut everything down."""
 
 from __future__ import annotations
 
 import time
 
-DEMO_PROMPTS = [
-    "def fibonacci(n):",
-    "import os\nimport sys\n\n",
-    "class Queue:\n    \"\"\"",
-    "The quick brown fox",
-    "for i in range(10):",
-    "# Parse the command line arguments",
-    "Return the number of items in",
-    "    def __init__(self, *args, **kwargs):",
+DEMO_CHATS = [
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "Explain what a queue is, in one sentence.",
+    "Parse the command line arguments of a small script.",
+    "What does `import os` give a program?",
 ]
 
 
-def run_demo(model: str | None = None, num_prompts: int = 32, max_tokens: int = 48) -> dict:
-    from tideflow import LLM, SamplingParams
-    from tideflow.models.default import default_model_dir
+def run_demo(model: str | None = None, num_requests: int = 3, max_tokens: int = 48, port: int = 0) -> dict:
+    from openai import OpenAI
 
-    path = model or str(default_model_dir())
-    print(f"tideflow demo: model {path}")
-    llm = LLM(path, dtype="float32")
-    prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(num_prompts)]
-    params = [
-        SamplingParams(temperature=0 if i % 2 == 0 else 0.8, top_p=0.95, seed=i, max_tokens=max_tokens)
-        for i in range(num_prompts)
-    ]
+    from tideflow.serve import start_server
+
+    print("tideflow demo: starting the server (Ray, Ray Serve, a colocated graph) ...", flush=True)
     start = time.perf_counter()
-    outputs = llm.generate(prompts, params)
-    elapsed = time.perf_counter() - start
-    num_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    for out in outputs[: len(DEMO_PROMPTS)]:
+    args = {"model": model, "engine_options": {"dtype": "float32"}}
+    with start_server(args, port=port, app_name="tideflow-demo") as server:
+        print(f"tideflow demo: model {server.model_name!r} served at {server.url}/v1 "
+              f"(ready in {time.perf_counter() - start:.1f} s)", flush=True)
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="tideflow-demo", max_retries=0)
+        tokens, start = 0, time.perf_counter()
+        for i in range(num_requests):
+            question = DEMO_CHATS[i % len(DEMO_CHATS)]
+            print("-" * 72)
+            print(f"user: {question}")
+            print("assistant: ", end="", flush=True)
+            stream = client.chat.completions.create(
+                model=server.model_name, messages=[{"role": "user", "content": question}], stream=True,
+                max_tokens=max_tokens, temperature=0.8, top_p=0.95, seed=i, stream_options={"include_usage": True},
+            )
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    print(chunk.choices[0].delta.content, end="", flush=True)
+                if chunk.usage is not None:
+                    tokens += chunk.usage.completion_tokens
+            print()
+        elapsed = time.perf_counter() - start
         print("-" * 72)
-        print(f"prompt: {out.prompt!r}")
-        print(f"output: {out.outputs[0].text!r}  [{out.outputs[0].finish_reason}]")
-    print("-" * 72)
-    rate = num_tokens / elapsed
-    print(f"{len(outputs)} requests, {num_tokens} generated tokens in {elapsed:.2f} s: {rate:.1f} tokens/s")
-    return {"requests": len(outputs), "tokens": num_tokens, "seconds": elapsed, "tokens_per_s": rate}
+        print(f"{num_requests} streamed chat requests, {tokens} generated tokens in {elapsed:.2f} s: "
+              f"{tokens / elapsed:.1f} tokens/s", flush=True)
+    print("tideflow demo: server stopped")
+    return {"requests": num_requests, "tokens": tokens, "seconds": elapsed}

@@ -1,0 +1,121 @@
+"""RELIABILITY.md's bad-input matrix over raw HTTP: each mistake is a 400 (404 for an unknown
+model) with an OpenAI error object naming the parameter; none reaches the graph, so the next
+valid greedy request gives the same output as before, and the replica stays healthy."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from .conftest import run
+
+GOOD = {"prompt": "def fibonacci(n):", "max_tokens": 8, "temperature": 0}
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
+LONG_TEXT = "x = 1\n" * 2000  # far past the tiny model's 1024 tokens
+
+# (case, path, body (dict -> JSON; str/bytes -> sent raw), content type, status, error param)
+CASES = [
+    ("context length", "completions", {**GOOD, "max_tokens": 1000, "prompt": "def " * 100}, None, 400, "max_tokens"),
+    ("prompt alone over the context", "completions", {**GOOD, "prompt": LONG_TEXT}, None, 400, "prompt"),
+    ("chat over the context", "chat/completions", {**CHAT, "max_tokens": 1020}, None, 400, "max_tokens"),
+    ("max_tokens 0", "completions", {**GOOD, "max_tokens": 0}, None, 400, "max_tokens"),
+    ("max_tokens negative", "completions", {**GOOD, "max_tokens": -5}, None, 400, "max_tokens"),
+    ("max_completion_tokens 0", "chat/completions", {**CHAT, "max_completion_tokens": 0}, None, 400,
+     "max_completion_tokens"),
+    ("temperature < 0", "completions", {**GOOD, "temperature": -0.5}, None, 400, "temperature"),
+    ("top_p 0", "completions", {**GOOD, "top_p": 0}, None, 400, "top_p"),
+    ("top_p > 1", "chat/completions", {**CHAT, "top_p": 1.5}, None, 400, "top_p"),
+    ("n 0", "completions", {**GOOD, "n": 0}, None, 400, "n"),
+    ("token id past the vocabulary", "completions", {**GOOD, "prompt": [1, 2, 512]}, None, 400, "prompt"),
+    ("negative token id", "completions", {**GOOD, "prompt": [[5, -1]]}, None, 400, "prompt"),
+    ("empty prompt", "completions", {**GOOD, "prompt": ""}, None, 400, "prompt"),
+    ("empty prompt list", "completions", {**GOOD, "prompt": []}, None, 400, "prompt"),
+    ("empty token list", "completions", {**GOOD, "prompt": [[]]}, None, 400, "prompt"),
+    ("empty messages", "chat/completions", {**CHAT, "messages": []}, None, 400, "messages"),
+    ("missing prompt", "completions", {"max_tokens": 4}, None, 400, "prompt"),
+    ("malformed JSON", "completions", '{"prompt": "hi", ', None, 400, None),
+    ("NaN", "completions", '{"prompt": "hi", "temperature": NaN}', None, 400, None),
+    ("body is a list", "completions", "[1, 2]", None, 400, None),
+    ("body is a string", "completions", '"hello"', None, 400, None),
+    ("body is a number", "chat/completions", "42", None, 400, None),
+    ("body is null", "completions", "null", None, 400, None),
+    ("wrong content type", "completions", json.dumps(GOOD), "text/plain", 400, None),
+    ("no content type", "completions", json.dumps(GOOD).encode(), "", 400, None),
+    ("max_tokens a string", "completions", {**GOOD, "max_tokens": "8"}, None, 400, "max_tokens"),
+    ("n a float", "completions", {**GOOD, "n": 1.5}, None, 400, "n"),
+    ("temperature a string", "chat/completions", {**CHAT, "temperature": "hot"}, None, 400, "temperature"),
+    ("stream a number", "completions", {**GOOD, "stream": 1}, None, 400, "stream"),
+    ("stop a number", "completions", {**GOOD, "stop": 7}, None, 400, "stop"),
+    ("stop an empty string", "completions", {**GOOD, "stop": [""]}, None, 400, "stop"),
+    ("prompt a dict", "completions", {**GOOD, "prompt": {"text": "hi"}}, None, 400, "prompt"),
+    ("messages a string", "chat/completions", {**CHAT, "messages": "hi"}, None, 400, "messages"),
+    ("message without role", "chat/completions", {**CHAT, "messages": [{"content": "hi"}]}, None, 400, "messages"),
+    ("image content part", "chat/completions",
+     {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None,
+     400, "messages"),
+    ("logprobs a bool", "completions", {**GOOD, "logprobs": True}, None, 400, "logprobs"),
+    ("logprobs too many", "completions", {**GOOD, "logprobs": 50}, None, 400, "logprobs"),
+    ("top_logprobs without logprobs", "chat/completions", {**CHAT, "top_logprobs": 2}, None, 400, "top_logprobs"),
+    ("seed too large", "completions", {**GOOD, "seed": 2**70}, None, 400, "seed"),
+    ("presence_penalty out of range", "completions", {**GOOD, "presence_penalty": 3}, None, 400, "presence_penalty"),
+    ("repetition_penalty 0", "completions", {**GOOD, "repetition_penalty": 0}, None, 400, "repetition_penalty"),
+    ("stream_options without stream", "completions", {**GOOD, "stream_options": {"include_usage": True}}, None, 400,
+     "stream_options"),
+    ("unknown model", "completions", {**GOOD, "model": "gpt-17"}, None, 404, "model"),
+    ("unknown model (chat)", "chat/completions", {**CHAT, "model": "gpt-17"}, None, 404, "model"),
+]
+
+
+async def _send(session, url, body, ctype):
+    data = json.dumps(body).encode() if isinstance(body, dict) else body.encode() if isinstance(body, str) else body
+    ctype = "application/json" if ctype is None else ctype
+    headers = {"Content-Type": ctype} if ctype else {}
+    async with session.post(url, data=data, headers=headers) as resp:
+        text = await resp.text()
+        return resp.status, text
+
+
+async def _matrix(url):
+    async with aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as session:
+        before = await _send(session, f"{url}/v1/completions", GOOD, None)
+        results = [await _send(session, f"{url}/v1/{path}", body, ctype) for _, path, body, ctype, _, _ in CASES]
+        after = await _send(session, f"{url}/v1/completions", GOOD, None)
+        async with session.get(f"{url}/health") as resp:
+            health = resp.status
+        async with session.get(f"{url}/v1/nowhere") as resp:
+            unknown_path = resp.status, await resp.json()
+    return before, results, after, health, unknown_path
+
+
+def test_bad_requests_get_openai_errors_and_leave_no_trace(server):
+    before, results, after, health, unknown_path = run(_matrix(server.url))
+    assert before[0] == 200
+    failures = []
+    for (case, _, _, _, status, param), (got, text) in zip(CASES, results):
+        try:
+            error = json.loads(text)["error"]
+        except (ValueError, KeyError, TypeError):
+            failures.append(f"{case}: status {got}, not an error object: {text[:200]}")
+            continue
+        expected_type = "invalid_request_error"
+        if (got, error["type"], error["param"]) != (status, expected_type, param) or not error["message"]:
+            failures.append(f"{case}: got {got} {error}, expected {status} {expected_type} param={param}")
+        if "code" not in error:
+            failures.append(f"{case}: no code in {error}")
+    assert not failures, "\n".join(failures)
+    assert json.loads(results[[c[0] for c in CASES].index("unknown model")][1])["error"]["code"] == "model_not_found"
+    # a rejected request leaves no trace; many do not make the replica unhealthy
+    assert after == (200, after[1]) and json.loads(after[1])["choices"] == json.loads(before[1])["choices"]
+    assert health == 200
+    assert unknown_path[0] == 404 and unknown_path[1]["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("ctype", ["application/json; charset=utf-8", "Application/JSON"])
+def test_content_type_parameters_are_accepted(server, ctype):
+    async def go():
+        async with aiohttp.ClientSession() as session:
+            return await _send(session, f"{server.url}/v1/completions", json.dumps(GOOD), ctype)
+
+    assert run(go())[0] == 200

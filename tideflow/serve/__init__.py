@@ -1,0 +1,42 @@
+"""An OpenAI-compatible HTTP server on Ray Serve, over a deployed tideflow graph.
+
+Endpoints: `POST /v1/completions`, `POST /v1/chat/completions` (SSE with `stream: true`),
+`GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus, `tideflow:` names).
+
+- `build_app(args)` -> `serve.Application` (`import_path: tideflow.serve:build_app` in a Serve
+  config file; `args` are `ServeConfig`'s fields).
+- `start_server(...)` / `ServerProcess`: run one on a local or joined Ray cluster
+  (what `tideflow serve` and `tideflow demo` use).
+
+Modules: `config` (ServeConfig), `protocol` (request bodies), `prepare` (validation ->
+SamplingParams), `responses` (OpenAI response / chunk rendering), `errors`, `admission`
+(bounded in-flight requests, 429), `metrics`, `server` (the replica's server and HTTP app),
+`deployment` (the Serve deployment, `build_app`), `launcher`.
+Importing this package loads neither ray nor torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tideflow.serve.config import ServeConfig
+
+if TYPE_CHECKING:
+    from tideflow.serve.launcher import RunningServer, start_server
+
+__all__ = ["ServeConfig", "build_app", "start_server", "RunningServer"]
+
+
+def build_app(args=None):
+    """The Serve application for `args` (a dict of `ServeConfig` fields)."""
+    from tideflow.serve.deployment import build_app as build
+
+    return build(args)
+
+
+def __getattr__(name: str):
+    if name in ("start_server", "RunningServer"):
+        from tideflow.serve import launcher
+
+        return getattr(launcher, name)
+    raise AttributeError(f"module 'tideflow.serve' has no attribute {name!r}")

@@ -1,0 +1,114 @@
+"""`ServeConfig`: what one OpenAI-compatible server loads, how its engines run and where.
+
+It is the `args` of `tideflow.serve:build_app` (a Serve config file's `args:` block, or
+`serve run tideflow.serve:build_app key=value ...`, whose values arrive as strings), parsed
+by `ServeConfig.from_args`. Every field is checked in `__post_init__`; unknown keys raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+BUILTIN_GRAPHS = ("colocated", "disaggregated")
+# the integer fields and their least values
+_LOWER_BOUNDS = {"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 0, "retry_after_s": 0}
+
+
+def _engine_option_names() -> frozenset[str]:
+    from tideflow.config import engine_config
+
+    return frozenset(p for p in inspect.signature(engine_config).parameters if p != "model")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    # -- what to load --
+    model: str | None = None  # model directory; None -> the embedded default model (a YAML graph: its own)
+    served_model_name: str | None = None  # the `model` clients send; None -> the model directory's basename
+    # -- how the engines run --
+    engine_options: Mapping[str, Any] = field(default_factory=dict)  # LLM(...) keywords: dtype, max_model_len ...
+    # -- where it runs --
+    graph: str = "colocated"  # "colocated" | "disaggregated" | path to a graph YAML file
+    graph_options: Mapping[str, Any] = field(default_factory=dict)  # built-in graph keywords: replicas, prefill ...
+    num_replicas: int = 1  # Serve replicas; each one deploys and owns its own graph
+    # -- load, per Serve replica --
+    max_ongoing_requests: int = 64  # generation requests inside the graph at once
+    max_queued_requests: int = 64  # admitted requests waiting for one of those slots; past both: 429
+    retry_after_s: int = 1  # the Retry-After header of a 429
+
+    def __post_init__(self):
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise ValueError(f"model must be a model directory, got {self.model!r}")
+        name = self.served_model_name
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"served_model_name must be a non-empty string, got {self.served_model_name!r}")
+        graph = self.graph
+        if not isinstance(graph, str) or not (graph in BUILTIN_GRAPHS or graph.endswith((".yaml", ".yml"))):
+            raise ValueError(f"graph must be one of {BUILTIN_GRAPHS} or a .yaml file, got {self.graph!r}")
+        for name in ("engine_options", "graph_options"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise ValueError(f"{name} must be a mapping of option name -> value, got {value!r}")
+            object.__setattr__(self, name, dict(value))
+        unknown = set(self.engine_options) - _engine_option_names()
+        if unknown:
+            known = sorted(_engine_option_names())
+            raise ValueError(f"engine_options: unknown option(s) {sorted(unknown)}; known: {known}")
+        if self.graph not in BUILTIN_GRAPHS and (self.engine_options or self.graph_options):
+            raise ValueError("engine_options and graph_options apply to the built-in graphs; a YAML graph sets its own")
+        for field_name, low in _LOWER_BOUNDS.items():
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{field_name} must be an integer >= {low}, got {value!r}")
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any] | None) -> ServeConfig:
+        """From `build_app`'s args dict. Integer fields also accept decimal strings."""
+        args = dict(args or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(args) - names
+        if unknown:
+            raise ValueError(f"unknown serve argument(s) {sorted(unknown)}; known: {sorted(names)}")
+        for name in _LOWER_BOUNDS:
+            if isinstance(args.get(name), str) and args[name].strip().isdigit():
+                args[name] = int(args[name])
+        return cls(**args)
+
+    def resolved(self) -> ServeConfig:
+        """The config with `served_model_name` filled in, and `model` for the built-in graphs
+        (the embedded default model, written on first use, when none is named). A YAML graph
+        keeps its own models unless `model` overrides them."""
+        model = self.model
+        if model is None and self.graph in BUILTIN_GRAPHS:
+            from tideflow.models.default import default_model_dir
+
+            model = str(default_model_dir())
+        named = model or yaml_graph_model(self.graph)
+        if named is None:
+            raise ValueError(f"graph {self.graph!r} names no model and none was given")
+        if model is not None and not _model_exists(model):
+            raise ValueError(f"model {model!r} is neither a model directory (with config.json) nor an org/name hub id")
+        name = self.served_model_name or os.path.basename(os.path.normpath(named))
+        return dataclasses.replace(self, model=model, served_model_name=name)
+
+
+def _model_exists(model: str) -> bool:
+    if os.path.isdir(os.path.expanduser(model)):
+        return os.path.isfile(os.path.join(os.path.expanduser(model), "config.json"))
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None
+
+
+def yaml_graph_model(path: str) -> str | None:
+    """The `model` option of the first stage of a graph YAML file that has one."""
+    from tideflow.graphs import Graph
+
+    for spec in Graph.from_yaml(path).stages:
+        if spec.options_dict.get("model"):
+            return str(spec.options_dict["model"])
+    return None

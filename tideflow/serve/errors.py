@@ -1,0 +1,100 @@
+"""OpenAI error objects: `{"error": {"message", "type", "param", "code"}}` and their statuses.
+
+Client mistakes are 400 (`invalid_request_error`) or 404 (`model_not_found`); overload is a
+429 with Retry-After; failures on the server's side are 500 / 503 (`server_error`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class APIError(Exception):
+    """An error the server answers with an OpenAI error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def sse(self) -> str:
+        """The error as a server-sent event, the way a failed stream ends."""
+        return f"data: {json.dumps(self.body())}\n\n"
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(name: str) -> APIError:
+    return APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+
+
+def overloaded(retry_after_s: int) -> APIError:
+    return APIError(
+        429,
+        "The server is at capacity; retry later.",
+        type="rate_limit_error",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def server_error(message: str, unavailable: bool = False) -> APIError:
+    """500, or 503 when the graph behind the server cannot take requests (a stage died)."""
+    return APIError(
+        503 if unavailable else 500,
+        message,
+        type="server_error",
+        code="service_unavailable" if unavailable else "internal_error",
+    )
+
+
+def from_graph_failure(exc: BaseException) -> APIError:
+    """The error for a request that failed inside the graph after it was admitted: a dead
+    stage (or an unreachable actor) is a 503, anything else a 500. Client mistakes never get
+    here: they are rejected before submission."""
+    from ray.exceptions import RayActorError
+
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    unavailable = isinstance(exc, RayActorError) or "died" in text
+    return server_error(f"the request failed inside the graph: {text}", unavailable=unavailable)
+
+
+# what each request field must be, for the messages of type errors
+EXPECTED = {
+    "prompt": "a string, a list of strings, a list of token ids or a list of lists of token ids",
+    "messages": "a list of messages, each with a string `role` and string (or text-part list) `content`",
+    "stop": "a string or a list of strings",
+    "stream_options": "an object such as {\"include_usage\": true}",
+}
+
+
+def from_validation(exc) -> APIError:
+    """A 400 naming the first bad field of a pydantic ValidationError."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = first.get("loc") or ()
+    param = str(loc[0]) if loc else None
+    if first.get("type") == "missing":
+        return bad_request(f"'{param}' is a required property", param, code="missing_required_parameter")
+    if param in EXPECTED:
+        return bad_request(f"'{param}' must be {EXPECTED[param]}", param, code="invalid_type")
+    return bad_request(f"'{param}': {first.get('msg')}", param, code="invalid_type")

@@ -1,0 +1,197 @@
+"""From a parsed request body to what the graph runs: prompts and one `SamplingParams`.
+
+Everything a client can get wrong is checked here, before anything is submitted, so a bad
+request is a 400 that leaves no trace in the graph: the model name, ranges of the sampling
+fields, token ids against the vocabulary, and prompt + max_tokens against the context length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tideflow.sampling_params import SamplingParams
+from tideflow.serve.errors import APIError, bad_request, model_not_found
+from tideflow.serve.model_info import ModelInfo
+from tideflow.serve.protocol import ChatCompletionRequest, CompletionRequest
+
+MAX_N = 128  # completions per prompt
+MAX_LOGPROBS = 20  # top logprobs per token
+_INT32 = (1 << 31) - 1
+_INT64 = (1 << 63) - 1
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One validated request: the graph prompts and how to sample and render them."""
+
+    prompts: list  # graph prompt per input prompt: text | {"prompt_token_ids": [...]} | {"messages": [...]}
+    prompt_texts: list[str]  # the prompt's text per input prompt (for echo; "" for chat)
+    num_prompt_tokens: list[int]  # per input prompt
+    params: SamplingParams  # the same for every prompt
+    stream: bool
+    include_usage: bool  # streams: a last chunk with the usage
+    top_logprobs: int | None  # logprobs to render per token; None -> no logprobs
+    echo: bool  # completions: the prompt's text before each completion
+    tokens_as_ids: bool  # logprob tokens rendered as "token_id:N"
+
+
+def check_model(name: str | None, info: ModelInfo) -> None:
+    if name is not None and name != info.name:
+        raise model_not_found(name)
+
+
+def prepare_completion(req: CompletionRequest, info: ModelInfo) -> Prepared:
+    check_model(req.model, info)
+    if req.suffix is not None:
+        raise bad_request("'suffix' is not supported", "suffix", code="unsupported_parameter")
+    if req.best_of is not None and req.best_of != req.n:
+        raise bad_request("'best_of' other than n is not supported", "best_of", code="unsupported_parameter")
+    if req.echo and req.logprobs is not None:
+        raise bad_request("'echo' together with 'logprobs' is not supported", "echo", code="unsupported_parameter")
+    prompts, texts, lengths = _completion_prompts(req.prompt, info)
+    params = _sampling(req, info, lengths, req.max_tokens, "max_tokens", req.logprobs, "logprobs", "prompt")
+    return Prepared(prompts, texts, lengths, params, req.stream, _include_usage(req), req.logprobs, req.echo,
+                    req.return_tokens_as_token_ids)
+
+
+def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
+    check_model(req.model, info)
+    if req.tools:
+        raise bad_request("'tools' are not supported", "tools", code="unsupported_parameter")
+    if req.response_format is not None and req.response_format.get("type", "text") != "text":
+        raise bad_request("only response_format {\"type\": \"text\"} is supported", "response_format",
+                          code="unsupported_parameter")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    messages = [_message(i, m) for i, m in enumerate(req.messages)]
+    if not messages:
+        raise bad_request("'messages' must not be empty", "messages")
+    try:
+        ids = info.chat_ids(messages)
+    except Exception as exc:  # noqa: BLE001  (a template that rejects the conversation)
+        raise bad_request(f"the chat template rejected the messages: {exc}", "messages") from None
+    top = (req.top_logprobs or 0) if req.logprobs else None
+    param, max_tokens = "max_completion_tokens", req.max_completion_tokens
+    if max_tokens is None:
+        param, max_tokens = "max_tokens", req.max_tokens
+    params = _sampling(req, info, [len(ids)], max_tokens, param, top, "top_logprobs", "messages")
+    return Prepared([{"messages": messages}], [""], [len(ids)], params, req.stream, _include_usage(req), top,
+                    False, req.return_tokens_as_token_ids)
+
+
+# -- prompts ----------------------------------------------------------------------------------
+def _completion_prompts(prompt, info: ModelInfo) -> tuple[list, list[str], list[int]]:
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        prompt = [prompt]
+    if not prompt:
+        raise bad_request("'prompt' must not be empty", "prompt")
+    prompts, texts, lengths = [], [], []
+    for p in prompt:
+        if isinstance(p, str):
+            if not p:
+                raise bad_request("'prompt' must not be empty", "prompt")
+            ids = info.encode(p)
+            if not ids:
+                raise bad_request("'prompt' encodes to no tokens", "prompt")
+            prompts.append(p)
+            texts.append(p)
+        else:
+            if not p:
+                raise bad_request("'prompt' must not be empty", "prompt")
+            bad = next((t for t in p if t < 0 or t >= info.vocab_size), None)
+            if bad is not None:
+                raise bad_request(f"token id {bad} is outside the vocabulary [0, {info.vocab_size})", "prompt",
+                                  code="invalid_token_id")
+            ids = list(p)
+            prompts.append({"prompt_token_ids": ids})
+            texts.append(info.decode(ids))
+        lengths.append(len(ids))
+    return prompts, texts, lengths
+
+
+def _message(i: int, m) -> dict:
+    content = m.content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if part.type != "text" or part.text is None:
+                raise bad_request(f"messages[{i}]: only content parts of type 'text' are supported", "messages",
+                                  code="unsupported_parameter")
+            parts.append(part.text)
+        content = "\n".join(parts)
+    if content is None:
+        if m.role != "assistant":
+            raise bad_request(f"messages[{i}]: 'content' is required", "messages", code="missing_required_parameter")
+        content = ""
+    return {"role": m.role, "content": content}
+
+
+# -- sampling ---------------------------------------------------------------------------------
+def _include_usage(req) -> bool:
+    if req.stream_options is not None and not req.stream:
+        raise bad_request("'stream_options' is only allowed when 'stream' is true", "stream_options")
+    return bool(req.stream_options and req.stream_options.include_usage)
+
+
+def _sampling(req, info: ModelInfo, lengths: list[int], max_tokens: int | None, max_tokens_param: str,
+              logprobs: int | None, logprobs_param: str, prompt_param: str) -> SamplingParams:
+    if not 1 <= req.n <= MAX_N:
+        raise bad_request(f"'n' must be in [1, {MAX_N}], got {req.n}", "n")
+    if req.logit_bias:
+        raise bad_request("'logit_bias' is not supported", "logit_bias", code="unsupported_parameter")
+    if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
+        raise bad_request(f"'{logprobs_param}' must be in [0, {MAX_LOGPROBS}], got {logprobs}", logprobs_param)
+    if req.seed is not None and not -_INT64 - 1 <= req.seed <= _INT64:
+        raise bad_request("'seed' must fit in 64 bits", "seed")
+    if not 0 <= req.min_tokens <= _INT32:
+        raise bad_request(f"'min_tokens' must be >= 0, got {req.min_tokens}", "min_tokens")
+    for t in req.stop_token_ids or ():
+        if not 0 <= t < info.vocab_size:
+            raise bad_request(f"stop token id {t} is outside the vocabulary [0, {info.vocab_size})", "stop_token_ids")
+    longest = max(lengths)
+    if longest >= info.max_model_len:
+        raise _too_long(info, longest, max_tokens, prompt_param)
+    if max_tokens is not None:
+        if max_tokens <= 0:
+            raise bad_request(f"'{max_tokens_param}' must be at least 1, got {max_tokens}", max_tokens_param)
+        if longest + max_tokens > info.max_model_len:
+            raise _too_long(info, longest, max_tokens, max_tokens_param)
+    top_k = req.top_k
+    if top_k is not None and top_k > info.vocab_size:
+        top_k = info.vocab_size  # the same as no cut, and it fits the engine's int32
+    fields = dict(
+        n=req.n,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=0 if top_k is None else top_k,
+        min_p=0.0 if req.min_p is None else req.min_p,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        seed=req.seed,
+        max_tokens=max_tokens,
+        min_tokens=req.min_tokens,
+        stop=req.stop or (),
+        stop_token_ids=tuple(req.stop_token_ids or ()),
+        ignore_eos=req.ignore_eos,
+        include_stop_str_in_output=req.include_stop_str_in_output,
+        logprobs=logprobs,
+        skip_special_tokens=req.skip_special_tokens,
+    )
+    try:
+        return SamplingParams(**fields)
+    except ValueError as exc:  # "temperature must be non-negative, got -1"
+        field = str(exc).split()[0]
+        param = {"max_tokens": max_tokens_param, "logprobs": logprobs_param}.get(field, field)
+        raise bad_request(f"'{param}' {str(exc).split(' ', 1)[1]}", param) from None
+
+
+def _too_long(info: ModelInfo, prompt_len: int, max_tokens: int | None, param: str) -> APIError:
+    completion = max_tokens or 1
+    asked = f"{prompt_len + completion} tokens ({prompt_len} in the prompt, {completion} for the completion)"
+    return bad_request(
+        f"This model's maximum context length is {info.max_model_len} tokens. However, you requested {asked}. "
+        "Please reduce the length of the prompt or of the completion.",
+        param,
+        code="context_length_exceeded",
+    )

@@ -1,0 +1,79 @@
+"""The request bodies of `/v1/completions` and `/v1/chat/completions`, as OpenAI (and vLLM's
+extra sampling fields) define them.
+
+Parsed in pydantic's strict mode, so a field of the wrong type (`"max_tokens": "5"`,
+`"n": 1.5`, `"stream": 1`) is a 400 rather than silently coerced; numbers must be finite.
+Unknown fields are ignored, as vLLM and OpenAI do. Range checks (temperature >= 0 ...) are
+`tideflow.serve.prepare`'s job, where the model's limits are known.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False  # one more chunk at the end: empty `choices`, the request's usage
+
+
+class _Sampling(_Body):
+    """Fields both endpoints share."""
+
+    model: str | None = None  # None -> the served model
+    n: int = 1  # completions per prompt
+    temperature: float | None = None  # None -> 1.0
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None  # not supported: must be empty
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None  # accepted and ignored
+    # vLLM's extra sampling fields
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:123"
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16  # None -> up to the context length
+    logprobs: int | None = None  # top logprobs per generated token
+    echo: bool = False  # the prompt's text before each completion
+    best_of: int | None = None  # only == n (or unset) is supported
+    suffix: str | None = None  # not supported
+
+
+class TextPart(_Body):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Body):
+    role: str
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage]
+    max_tokens: int | None = None  # deprecated by OpenAI in favour of max_completion_tokens
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None  # not supported: must be empty
+    response_format: dict[str, Any] | None = None  # only {"type": "text"}

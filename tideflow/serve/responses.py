@@ -1,0 +1,185 @@
+"""Rendering `RequestOutput`s as OpenAI responses: whole (`completion` / `chat.completion`)
+or as stream chunks (`text_completion` / `chat.completion.chunk`), with logprobs and usage.
+
+Choice `index` is `prompt_index * n + completion_index`, as OpenAI numbers the choices of a
+request with several prompts. A `Stream` remembers what each choice has sent, so each chunk
+carries only the new text, tokens and logprobs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+from tideflow.outputs import CompletionOutput, RequestOutput
+from tideflow.serve.model_info import ModelInfo
+from tideflow.serve.prepare import Prepared
+
+
+def new_id(kind: str) -> str:
+    return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+def usage(prep: Prepared, outputs: list[RequestOutput | None]) -> dict:
+    prompt = sum(len(o.prompt_token_ids) if o and o.prompt_token_ids else n
+                 for o, n in zip(outputs, prep.num_prompt_tokens))
+    completion = sum(len(c.token_ids) for o in outputs if o for c in o.outputs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _lp(value: float) -> float:
+    """A logprob JSON can carry (-inf, which strict JSON cannot, becomes -9999.0 as in vLLM)."""
+    return value if math.isfinite(value) else -9999.0
+
+
+def _token(info: ModelInfo, token_id: int, as_ids: bool) -> str:
+    return f"token_id:{token_id}" if as_ids else info.token_text(token_id)
+
+
+def completion_logprobs(c: CompletionOutput, start: int, offset: int, top: int, info: ModelInfo, as_ids: bool) -> dict:
+    """OpenAI's legacy logprobs object for tokens `start:` of a completion; text offsets
+    count from `offset` (the characters of this choice sent before)."""
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    for token_id, entry in zip(c.token_ids[start:], (c.logprobs or [])[start:]):
+        text = _token(info, token_id, as_ids)
+        tokens.append(text)
+        token_logprobs.append(_lp(entry[token_id].logprob) if token_id in entry else None)
+        ranked = sorted(entry.items(), key=lambda kv: kv[1].rank)[:top]
+        best = {_token(info, t, as_ids): _lp(lp.logprob) for t, lp in ranked}
+        if token_id in entry:
+            best.setdefault(text, _lp(entry[token_id].logprob))
+        tops.append(best)
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+def chat_logprobs(c: CompletionOutput, start: int, top: int, info: ModelInfo, as_ids: bool) -> dict:
+    """The chat logprobs object (`{"content": [...]}`) for tokens `start:` of a completion."""
+
+    def item(token_id: int, logprob: float) -> dict:
+        text = _token(info, token_id, as_ids)
+        return {"token": text, "logprob": _lp(logprob), "bytes": list(text.encode("utf-8"))}
+
+    content = []
+    for token_id, entry in zip(c.token_ids[start:], (c.logprobs or [])[start:]):
+        ranked = sorted(entry.items(), key=lambda kv: kv[1].rank)[:top]
+        chosen = entry.get(token_id)
+        content.append({
+            **item(token_id, chosen.logprob if chosen is not None else float("-inf")),
+            "top_logprobs": [item(t, lp.logprob) for t, lp in ranked],
+        })
+    return {"content": content}
+
+
+# -- whole responses --------------------------------------------------------------------------
+def completion_response(prep: Prepared, info: ModelInfo, outputs: list[RequestOutput]) -> dict:
+    choices = []
+    for p, out in enumerate(outputs):
+        for c in out.outputs:
+            prefix = prep.prompt_texts[p] if prep.echo else ""
+            logprobs = None
+            if prep.top_logprobs is not None:
+                logprobs = completion_logprobs(c, 0, len(prefix), prep.top_logprobs, info, prep.tokens_as_ids)
+            choices.append({
+                "index": p * prep.params.n + c.index,
+                "text": prefix + c.text,
+                "logprobs": logprobs,
+                "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason,
+            })
+    return {"id": new_id("completion"), "object": "text_completion", "created": int(time.time()), "model": info.name,
+            "choices": choices, "usage": usage(prep, outputs)}
+
+
+def chat_response(prep: Prepared, info: ModelInfo, outputs: list[RequestOutput]) -> dict:
+    (out,) = outputs
+    choices = []
+    for c in out.outputs:
+        logprobs = None
+        if prep.top_logprobs is not None:
+            logprobs = chat_logprobs(c, 0, prep.top_logprobs, info, prep.tokens_as_ids)
+        choices.append({
+            "index": c.index,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": logprobs,
+            "finish_reason": c.finish_reason,
+            "stop_reason": c.stop_reason,
+        })
+    return {"id": new_id("chat"), "object": "chat.completion", "created": int(time.time()), "model": info.name,
+            "choices": choices, "usage": usage(prep, outputs)}
+
+
+# -- streams ----------------------------------------------------------------------------------
+class Stream:
+    """The chunks of one streamed request, from successive outputs of each of its prompts."""
+
+    def __init__(self, kind: str, prep: Prepared, info: ModelInfo):
+        self.kind = kind  # "completion" | "chat"
+        self.prep = prep
+        self.info = info
+        self.id = new_id(kind)
+        self.created = int(time.time())
+        self.object = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        self.sent: dict[int, tuple[int, int]] = {}  # choice index -> (characters, tokens) of the completion sent
+        self.done: set[int] = set()  # choice indices whose finish_reason was sent
+        self.last: list[RequestOutput | None] = [None] * len(prep.prompts)  # latest output per prompt
+
+    def _chunk(self, choices: list[dict], usage_: dict | None = None) -> dict:
+        chunk = {"id": self.id, "object": self.object, "created": self.created, "model": self.info.name,
+                 "choices": choices}
+        if self.prep.include_usage:
+            chunk["usage"] = usage_
+        return chunk
+
+    def opening(self) -> list[dict]:
+        """Chat streams open every choice with the assistant role; echoing completions with the prompt."""
+        prep, n = self.prep, self.prep.params.n
+        if self.kind == "chat":
+            return [self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                  "finish_reason": None} for i in range(n)])]
+        if prep.echo:
+            choices = []
+            for p, text in enumerate(prep.prompt_texts):
+                for i in range(n):
+                    choices.append({"index": p * n + i, "text": text, "logprobs": None, "finish_reason": None})
+            return [self._chunk(choices)]
+        return []
+
+    def update(self, prompt_index: int, out: RequestOutput) -> list[dict]:
+        """Chunks for what `out` (the latest output of prompt `prompt_index`) adds."""
+        self.last[prompt_index] = out
+        prep, n = self.prep, self.prep.params.n
+        base = len(prep.prompt_texts[prompt_index]) if prep.echo else 0  # echoed characters before the text
+        choices = []
+        for c in out.outputs:
+            index = prompt_index * n + c.index
+            if index in self.done:
+                continue
+            chars, toks = self.sent.get(index, (0, 0))
+            text = c.text[chars:]
+            if not text and len(c.token_ids) <= toks and c.finish_reason is None:
+                continue
+            logprobs, top, as_ids = None, prep.top_logprobs, prep.tokens_as_ids
+            if top is not None and self.kind == "chat":
+                logprobs = chat_logprobs(c, toks, top, self.info, as_ids)
+            elif top is not None:
+                logprobs = completion_logprobs(c, toks, base + chars, top, self.info, as_ids)
+            choice = {"index": index, "logprobs": logprobs, "finish_reason": c.finish_reason}
+            if self.kind == "chat":
+                choice["delta"] = {"content": text} if text or c.finish_reason is None else {}
+            else:
+                choice["text"] = text
+            if c.finish_reason is not None:
+                choice["stop_reason"] = c.stop_reason
+                self.done.add(index)
+            self.sent[index] = (len(c.text), len(c.token_ids))
+            choices.append(choice)
+        return [self._chunk(choices)] if choices else []
+
+    def closing(self) -> list[dict]:
+        """The usage chunk, when the client asked for it."""
+        if not self.prep.include_usage:
+            return []
+        return [self._chunk([], usage(self.prep, self.last))]

@@ -1,0 +1,278 @@
+"""`OpenAIServer`: one replica's server over its graph, and the HTTP app that exposes it.
+
+Requests are parsed and validated in full (`tideflow.serve.prepare`) before anything is
+submitted; then every prompt of a request becomes one streaming `GraphHandle.submit`, whose
+iterator is always closed on the way out, so a client that goes away (Serve cancels the
+handler) aborts its requests and frees their KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from tideflow.outputs import RequestOutput
+from tideflow.serve.admission import ARRIVAL, QUEUED, Admission, AdmissionMiddleware
+from tideflow.serve.config import ServeConfig
+from tideflow.serve.errors import (
+    APIError,
+    bad_request,
+    from_graph_failure,
+    from_validation,
+    model_not_found,
+    server_error,
+)
+from tideflow.serve.metrics import CONTENT_TYPE, ServeMetrics
+from tideflow.serve.model_info import ModelInfo
+from tideflow.serve.prepare import Prepared, prepare_chat, prepare_completion
+from tideflow.serve.protocol import ChatCompletionRequest, CompletionRequest
+from tideflow.serve.responses import Stream, chat_response, completion_response
+
+logger = logging.getLogger(__name__)
+_CONTROL_TIMEOUT_S = 10.0  # health and stats calls to the graph's actors
+_DONE = "data: [DONE]\n\n"
+
+
+class OpenAIServer:
+    def __init__(self, config: ServeConfig, handle, info: ModelInfo):
+        self.config = config
+        self.handle = handle  # tideflow.runtime.executor.GraphHandle
+        self.info = info
+        self.metrics = ServeMetrics(info.name)
+        self.admission = Admission(config.max_ongoing_requests, config.max_queued_requests)
+        self.dead: str | None = None  # why the graph can no longer serve, once known
+
+    @classmethod
+    async def start(cls, config: ServeConfig, graph) -> OpenAIServer:
+        """Deploy `graph` (a tideflow Graph) and read its model's limits."""
+        info = await asyncio.to_thread(_model_info, config, graph)
+        handle = await asyncio.to_thread(graph.deploy)
+        return cls(config, handle, info)
+
+    async def close(self) -> None:
+        try:
+            await asyncio.to_thread(self.handle.shutdown)
+        except Exception:  # noqa: BLE001  (a dead collector; the stage actors die with this replica anyway)
+            logger.warning("graph %s did not shut down cleanly", self.handle.graph.name, exc_info=True)
+
+    # -- health and stats ---------------------------------------------------------------------
+    async def health(self) -> str | None:
+        """None when every stage replica is alive; else why not."""
+        try:
+            status = await asyncio.wait_for(_ref(self.handle.collector.status.remote()), _CONTROL_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001  (a dead or stuck collector)
+            self.dead = f"the graph is unreachable: {type(exc).__name__}"
+            return self.dead
+        if status["dead"]:
+            self.dead = f"stage replica(s) died: {', '.join(status['dead'])}"
+        return self.dead
+
+    async def stats(self) -> dict | None:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self.handle.stats), _CONTROL_TIMEOUT_S)
+        except Exception:  # noqa: BLE001  (metrics keep their last values)
+            return None
+
+    # -- generation ---------------------------------------------------------------------------
+    async def generate(self, request, kind: str):
+        """Serve one /v1/completions (kind "completion") or /v1/chat/completions ("chat") request."""
+        if self.dead:
+            raise server_error(self.dead, unavailable=True)
+        body = await _read_json(request)
+        try:
+            if kind == "chat":
+                prep = prepare_chat(ChatCompletionRequest.model_validate(body, strict=True), self.info)
+            else:
+                prep = prepare_completion(CompletionRequest.model_validate(body, strict=True), self.info)
+        except ValidationError as exc:
+            raise from_validation(exc) from None
+        state = request.scope.get("state", {})
+        arrival = state.get(ARRIVAL) or time.monotonic()
+        self.metrics.queue.observe(state.get(QUEUED, 0.0))
+        if prep.stream:
+            return StreamingResponse(self._sse(kind, prep, arrival), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        outputs: list[RequestOutput | None] = [None] * len(prep.prompts)
+        try:
+            async for p, out in self._outputs(prep, arrival):
+                outputs[p] = out
+        except Exception as exc:  # noqa: BLE001  (admitted requests fail only on the server's side)
+            raise await self._failure(exc) from None
+        render = chat_response if kind == "chat" else completion_response
+        return JSONResponse(render(prep, self.info, outputs))
+
+    async def _sse(self, kind: str, prep: Prepared, arrival: float) -> AsyncIterator[str]:
+        stream = Stream(kind, prep, self.info)
+        for chunk in stream.opening():
+            yield _event(chunk)
+        try:
+            async for p, out in self._outputs(prep, arrival):
+                for chunk in stream.update(p, out):
+                    yield _event(chunk)
+        except Exception as exc:  # noqa: BLE001  (the stream ends with an explicit error event, as vLLM's)
+            yield (await self._failure(exc)).sse()
+            yield _DONE
+            return
+        for chunk in stream.closing():
+            yield _event(chunk)
+        yield _DONE
+
+    async def _outputs(self, prep: Prepared, arrival: float) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """(prompt index, its latest output) as the outputs of every prompt grow; raises the
+        first failure. Leaving early (an error, a cancelled client) aborts what still runs."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(p: int) -> None:
+            tracker = self.metrics.tracker(arrival)
+            try:
+                async with aclosing(self.handle.submit(prep.prompts[p], prep.params)) as outputs:
+                    async for out in outputs:
+                        tracker.observe(out)
+                        if any(c.finish_reason == "abort" for c in out.outputs):  # not asked for by this client
+                            raise RuntimeError("the graph aborted the request")
+                        queue.put_nowait((p, out, None))
+            except Exception as exc:  # noqa: BLE001  (handed to the consumer)
+                queue.put_nowait((p, None, exc))
+            else:
+                queue.put_nowait((p, None, None))
+
+        tasks = [asyncio.create_task(pump(p)) for p in range(len(prep.prompts))]
+        try:
+            running = len(tasks)
+            while running:
+                p, out, exc = await queue.get()
+                if exc is not None:
+                    raise exc
+                if out is None:
+                    running -= 1
+                else:
+                    yield p, out
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _failure(self, exc: BaseException) -> APIError:
+        error = from_graph_failure(exc)
+        logger.warning("request failed in the graph: %s", error.message)
+        if error.status == 503:
+            await self.health()  # remember a dead graph: later requests fail fast
+        return error
+
+    # -- the other endpoints ------------------------------------------------------------------
+    def models(self) -> dict:
+        info = self.info
+        card = {"id": info.name, "object": "model", "created": info.created, "owned_by": "tideflow",
+                "root": info.path, "parent": None, "max_model_len": info.max_model_len}
+        return {"object": "list", "data": [card]}
+
+    async def metrics_text(self) -> bytes:
+        return self.metrics.exposition(await self.stats())
+
+
+def build_asgi_app(server: OpenAIServer):
+    """The FastAPI app of one replica, wrapped in its admission control."""
+    app = FastAPI(title="tideflow OpenAI-compatible server", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def error_response(error: APIError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, exc: APIError):
+        return error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc: HTTPException):  # unknown path, wrong method
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(APIError(exc.status_code, str(exc.detail), type=kind, code=None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):
+        logger.exception("unexpected error")
+        return error_response(server_error(f"internal error: {type(exc).__name__}"))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await server.generate(request, "completion")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await server.generate(request, "chat")
+
+    @app.get("/v1/models")
+    async def models():
+        return server.models()
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id != server.info.name:
+            raise model_not_found(model_id)
+        return server.models()["data"][0]
+
+    @app.get("/health")
+    async def health():
+        reason = await server.health()
+        if reason is not None:
+            return error_response(server_error(reason, unavailable=True))
+        return JSONResponse({"status": "ok", "graph": server.handle.graph.name})
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(await server.metrics_text(), media_type=CONTENT_TYPE)
+
+    app.add_middleware(
+        AdmissionMiddleware,
+        admission=server.admission,
+        retry_after_s=server.config.retry_after_s,
+        on_rejected=server.metrics.rejected,
+    )
+    return app
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _model_info(config: ServeConfig, graph) -> ModelInfo:
+    """The model limits of `graph`: its tokenizer from the source stage's options, config.json
+    from the first stage that names a model, max_model_len from any stage that sets it."""
+    options = [spec.options_dict for spec in graph.stages]
+    source = options[0] if options else {}
+    model = config.model or next(o["model"] for o in options if o.get("model"))
+    max_len = next((o["max_model_len"] for o in options if o.get("max_model_len")), None)
+    return ModelInfo.load(config.served_model_name, str(model), tokenizer=source.get("tokenizer"),
+                          max_model_len=max_len, trust_remote_code=bool(source.get("trust_remote_code", False)))
+
+
+async def _read_json(request) -> dict:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise bad_request(f"Content-Type must be application/json, got {ctype or 'none'!r}", None,
+                          code="invalid_content_type")
+    raw = await request.body()
+    try:
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}", None, code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}", None,
+                          code="invalid_json")
+    return body
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _event(chunk: dict) -> str:
+    return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
+
+
+async def _ref(object_ref):
+    return await object_ref
