@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 _DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
+KERNEL_BACKENDS = ("auto", "torch")
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,14 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    attention_backend: str = "numba"  # attention implementation: "numba" (kernels) or "torch" (the references)
+    # hot-path kernels (attention, cache writes, sampling, MoE routing): "auto" runs tideflow's
+    # kernels for the device (numba on CPU, CuPy / numba.cuda on CUDA); "torch" runs their
+    # torch references everywhere
+    kernel_backend: str = "auto"
 
     def __post_init__(self):
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise ValueError(f"kernel_backend must be one of {KERNEL_BACKENDS}, got {self.kernel_backend!r}")
         if not self.scheduler.enable_chunked_prefill and self.model.max_model_len is not None:
             if self.scheduler.max_num_batched_tokens < self.model.max_model_len:
                 raise ValueError(
@@ -114,7 +120,7 @@ def engine_config(
     enable_chunked_prefill: bool = True,
     max_num_seqs: int = 64,
     max_num_batched_tokens: int | None = None,
-    attention_backend: str = "numba",
+    kernel_backend: str = "auto",
     device: str = "cpu",
     trust_remote_code: bool = False,
 ) -> EngineConfig:
@@ -128,7 +134,7 @@ def engine_config(
         cache=CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, enable_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill),
         parallel=ParallelConfig(device),
-        attention_backend=attention_backend,
+        kernel_backend=kernel_backend,
     )
 
 

@@ -53,7 +53,7 @@ MODES = {
     "whole+prefix": dict(enable_chunked_prefill=False, enable_prefix_caching=True, max_num_batched_tokens=1024, max_num_seqs=4),
     "whole": dict(enable_chunked_prefill=False, enable_prefix_caching=False, max_num_batched_tokens=1024),
     "preempt": dict(enable_prefix_caching=True, max_num_batched_tokens=256, num_kv_blocks=40, block_size=16),
-    "torch-attention": dict(attention_backend="torch", max_num_batched_tokens=96),  # the kernels' references
+    "torch-kernels": dict(kernel_backend="torch", max_num_batched_tokens=96),  # the kernels' references
 }
 
 

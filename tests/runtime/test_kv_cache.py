@@ -1,4 +1,4 @@
-from tideflow.runtime.kv_cache import BlockManager, block_hash
+from tideflow.runtime.kv_cache import RELEASED, BlockManager, block_hash
 
 from .helpers import make_seq
 
@@ -95,3 +95,26 @@ def test_prefix_caching_off_never_matches():
     _compute(bm, a, 5)
     bm.free(a)
     assert bm.match_prefix(make_seq([1, 2, 3, 4, 5], rid="b")) == [] and not bm.cached
+
+
+def test_sliding_window_releases_blocks_behind_the_window_and_keeps_them_cached():
+    bm = BlockManager(num_blocks=8, block_size=4, sliding_window=6)
+    seq = make_seq(range(1, 20))
+    _compute(bm, seq, 13)  # the next token (position 13) sees keys 8..13: blocks 0 and 1 are behind
+    bm.release_outside_window(seq)
+    assert seq.block_table[:2] == [RELEASED, RELEASED] and seq.num_released_blocks == 2
+    assert bm.num_free_blocks == 8 - 2
+    bm.release_outside_window(seq)  # idempotent
+    assert bm.num_free_blocks == 6
+    other = make_seq(range(1, 20))
+    assert len(bm.match_prefix(other)) == 3  # released full blocks stay in the prefix cache
+    bm.free(seq)
+    assert seq.block_table == [] and seq.num_released_blocks == 0 and bm.num_free_blocks == 8
+
+
+def test_no_window_releases_nothing():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    seq = make_seq(range(1, 20))
+    _compute(bm, seq, 16)
+    bm.release_outside_window(seq)
+    assert RELEASED not in seq.block_table and bm.num_free_blocks == 4

@@ -142,6 +142,20 @@ def model_max_len(hf_config: Any) -> int:
     return DEFAULT_MAX_LEN
 
 
+def uniform_sliding_window(hf_config: Any) -> int:
+    """The model's sliding window when every layer attends through it, else 0. Only then may
+    the engine release the KV blocks that fall wholly before a sequence's window."""
+    get_text_config = getattr(hf_config, "get_text_config", None)
+    config = get_text_config() if callable(get_text_config) else hf_config
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0:
+        return 0
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and any(t != "sliding_attention" for t in layer_types):
+        return 0
+    return window
+
+
 def _ids(value: int | Iterable[int] | None) -> set[int]:
     """An eos field (None, one id or a list of ids) as a set."""
     if value is None:

@@ -1,21 +1,33 @@
 """The `tideflow` attention functions for `transformers.AttentionInterface`.
 
-transformers calls it once per layer with q/k/v of a packed, padding-free batch
+transformers calls one once per layer with q/k/v of a packed, padding-free batch
 (`[1, heads, total_tokens, head_dim]`: every sequence of the step concatenated). It writes
-the step's K/V into the paged cache at the slot mapping, then computes causal attention of
-each sequence over its own block table. The per-step metadata arrives as the `tideflow_meta`
-keyword of the model call, which transformers forwards to every attention layer.
+the step's K/V into the paged cache at the slot mapping, then attends each sequence over its
+own block table. The per-step metadata arrives as the `tideflow_meta` keyword of the model
+call, which transformers forwards to every attention layer; a layer's sliding window arrives
+as its `sliding_window` keyword.
+
+Rows of a step come in three kinds, each with its own path:
+- decode rows (one query): `paged_decode`, all rows in one call (the torch reference pads
+  each group to its longest context, so it gets small groups sorted by length);
+- prefill rows with a cached context (a later chunk, or a prefix-cache hit): `paged_prefill`
+  over the blocks, all such rows packed in one call;
+- fresh prompts (nothing cached): dense causal attention over the step's own K/V, the same
+  for both backends: nothing needs reading back from the cache, and SDPA's blocked CPU kernel
+  is the fastest way to compute it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 ATTENTION_NAME = "tideflow"
-DEFAULT_BACKEND = "numba"
+DEFAULT_BACKEND = "auto"
+_CPU_DTYPES = (torch.float32, torch.float64)  # what the numba kernels compute in
 
 
 @dataclass(slots=True)
@@ -39,98 +51,118 @@ class PagedKVCache:
 
 
 @dataclass(slots=True)
-class AttentionMetadata:
-    """Where each token of the packed batch belongs. Rows are sequences; tokens are packed."""
-
-    kv_cache: PagedKVCache
-    slot_mapping: torch.Tensor  # [num_tokens] int64: token -> cache slot (block * block_size + offset)
-    # decode rows (one query token each), sorted by context length and attended in groups, so
-    # that padding each group to its longest context wastes little
-    decode_groups: list["DecodeGroup"]
-    # prefill rows (several query tokens), attended one by one
-    prefills: list[tuple[int, int, int, torch.Tensor | None]]  # (token start, query length, computed before, block ids or None)
-
-
-@dataclass(slots=True)
 class DecodeGroup:
     token_idx: torch.Tensor  # [rows] int64: packed index of each row's query token
     block_tables: torch.Tensor  # [rows, blocks] int64: enough blocks for the group's longest context, padded with 0
     context_lens: torch.Tensor  # [rows] int64: tokens attended (cached + this one)
 
 
-def _write_cache(meta: AttentionMetadata, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-    meta.kv_cache.k[layer].index_copy_(0, meta.slot_mapping, k)
-    meta.kv_cache.v[layer].index_copy_(0, meta.slot_mapping, v)
+@dataclass(slots=True)
+class PagedPrefill:
+    """Prefill rows that attend to a cached context, packed in row order."""
+
+    token_idx: torch.Tensor  # [tokens] int64: packed index of each of their query tokens
+    block_tables: torch.Tensor  # [rows, blocks] int64
+    cu_seqlens_q: torch.Tensor  # [rows + 1] int64: query rows of row r are cu[r]:cu[r+1] of token_idx
+    context_lens: torch.Tensor  # [rows] int64: cached + new tokens
 
 
-def _prefill(meta: AttentionMetadata, q, k, v, k_blocks, v_blocks, scaling, out) -> None:
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Where each token of the packed batch belongs."""
+
+    kv_cache: PagedKVCache
+    slot_mapping: torch.Tensor  # [num_tokens] int64: token -> cache slot (block * block_size + offset)
+    decode_groups: list[DecodeGroup]  # rows sorted by context length
+    paged_prefill: PagedPrefill | None  # chunks and prefix hits
+    fresh_prefills: list[tuple[int, int]]  # (token start, length) of prompts with nothing cached
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionKernels:
+    """The three operations of one backend (see `tideflow.kernels` for their signatures)."""
+
+    write: Callable  # (k, v, k_cache, v_cache, slot_mapping) -> None
+    decode: Callable  # (q, k_blocks, v_blocks, block_tables, context_lens, scale, window) -> out
+    prefill: Callable  # (q, k_blocks, v_blocks, block_tables, cu_seqlens_q, context_lens, scale, window) -> out
+    decode_group_rows: int | None  # decode rows per call, sorted by context (None: all at once)
+
+
+def _fresh_prefill(q, k, v, start: int, length: int, scale: float, window: int) -> torch.Tensor:
+    qp, kp, vp = (x[start : start + length].transpose(0, 1) for x in (q, k, v))  # [H, n, D]
     gqa = q.shape[1] != k.shape[1]
-    for start, q_len, computed, blocks in meta.prefills:
-        qp = q[start : start + q_len].transpose(0, 1)  # [H, n, D]
-        if computed == 0:  # the whole context is in this step's packed K/V
-            kp = k[start : start + q_len].transpose(0, 1)
-            vp = v[start : start + q_len].transpose(0, 1)
-            op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scaling, enable_gqa=gqa)
-        else:  # a chunk or a prefix hit: attend over the cached prefix plus itself
-            ctx = computed + q_len
-            kp = k_blocks[blocks].reshape(-1, *k.shape[1:])[:ctx].transpose(0, 1)
-            vp = v_blocks[blocks].reshape(-1, *v.shape[1:])[:ctx].transpose(0, 1)
-            q_pos = torch.arange(computed, ctx, device=q.device)
-            mask = torch.arange(ctx, device=q.device)[None, :] <= q_pos[:, None]
-            op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scaling, enable_gqa=gqa)
-        out[start : start + q_len] = op.transpose(0, 1)
+    if window and window < length:
+        pos = torch.arange(length, device=q.device)
+        mask = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - window)
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    else:
+        out = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale, enable_gqa=gqa)
+    return out.transpose(0, 1)
 
 
-def _paged_attention(decode_fn):
-    """An attention function for transformers from a decode implementation
-    `decode_fn(q [B, H, D], k_blocks, v_blocks, block_tables, context_lens, scale) -> [B, H, D]`."""
+def make_attention(kernels: AttentionKernels, fallback: AttentionKernels):
+    """An attention function for transformers running `kernels`, or `fallback` for half types on
+    CPU, where the numba kernels cannot compute (numba has no half types)."""
 
-    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None, **kwargs):
         meta: AttentionMetadata = kwargs["tideflow_meta"]
         layer = module.layer_idx
+        window = int(sliding_window or 0)
+        ops = fallback if query.device.type == "cpu" and query.dtype not in _CPU_DTYPES else kernels
         q = query[0].transpose(0, 1)  # [T, H, D]
         k = key[0].transpose(0, 1)  # [T, Hkv, D]
         v = value[0].transpose(0, 1)
-        _write_cache(meta, layer, k, v)
-        k_blocks, v_blocks = meta.kv_cache.blocks(layer)
+        cache = meta.kv_cache
+        ops.write(k, v, cache.k[layer], cache.v[layer], meta.slot_mapping)
+        k_blocks, v_blocks = cache.blocks(layer)
         out = torch.empty_like(q)
         for group in meta.decode_groups:
-            out[group.token_idx] = decode_fn(
-                q[group.token_idx], k_blocks, v_blocks, group.block_tables, group.context_lens, scaling
+            out[group.token_idx] = ops.decode(
+                q[group.token_idx], k_blocks, v_blocks, group.block_tables, group.context_lens, scaling, window
             )
-        _prefill(meta, q, k, v, k_blocks, v_blocks, scaling, out)
+        if (pp := meta.paged_prefill) is not None:
+            out[pp.token_idx] = ops.prefill(
+                q[pp.token_idx], k_blocks, v_blocks, pp.block_tables, pp.cu_seqlens_q, pp.context_lens, scaling, window
+            )
+        for start, length in meta.fresh_prefills:
+            out[start : start + length] = _fresh_prefill(q, k, v, start, length, scaling, window)
         return out.unsqueeze(0), None  # [1, T, H, D]
 
     return attention
 
 
-def _torch_backend():
+def _reference_kernels() -> AttentionKernels:
+    from tideflow.kernels.cache_write import reshape_and_cache_ref
     from tideflow.kernels.paged_decode import paged_decode_ref
+    from tideflow.kernels.paged_prefill import paged_prefill_ref
 
-    return _paged_attention(paged_decode_ref)
+    return AttentionKernels(reshape_and_cache_ref, paged_decode_ref, paged_prefill_ref, decode_group_rows=8)
 
 
-def _numba_backend():
+def _tideflow_kernels() -> AttentionKernels:
+    from tideflow.kernels.cache_write import reshape_and_cache
     from tideflow.kernels.paged_decode import paged_decode
+    from tideflow.kernels.paged_prefill import paged_prefill
 
-    return _paged_attention(paged_decode)
-
-
-# backend -> (factory of the attention function, decode rows per group: None = all in one)
-# torch pads each group to its longest context, so it sorts rows and keeps groups small;
-# the numba kernel reads each sequence's own blocks in place and takes all rows at once.
-BACKENDS = {"torch": (_torch_backend, 8), "numba": (_numba_backend, None)}
+    return AttentionKernels(reshape_and_cache, paged_decode, paged_prefill, decode_group_rows=None)
 
 
-def register_attention(backend: str = "numba") -> str:
+# kernel_backend -> its kernels: "auto" runs tideflow's kernels for the device, "torch" their references
+BACKENDS = {"auto": _tideflow_kernels, "torch": _reference_kernels}
+
+
+def attention_kernels(backend: str) -> AttentionKernels:
+    if backend not in BACKENDS:
+        raise ValueError(f"kernel_backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+    return BACKENDS[backend]()
+
+
+def register_attention(backend: str = DEFAULT_BACKEND) -> str:
     """Register the backend's attention function with transformers; returns the name to load
     models with (`tideflow` for the default backend, `tideflow-<backend>` for the others)."""
     from transformers import AttentionInterface
 
-    try:
-        factory, _ = BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"attention_backend must be one of {sorted(BACKENDS)}, got {backend!r}") from None
+    kernels = attention_kernels(backend)
     name = ATTENTION_NAME if backend == DEFAULT_BACKEND else f"{ATTENTION_NAME}-{backend}"
-    AttentionInterface.register(name, factory())
+    AttentionInterface.register(name, make_attention(kernels, fallback=_reference_kernels()))
     return name

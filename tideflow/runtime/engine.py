@@ -19,8 +19,8 @@ class Engine:
         """`detokenize=False` leaves text and stop strings to a downstream stage (graphs)."""
         import torch
 
-        from tideflow.models.loader import eos_token_ids, load_model, load_tokenizer, model_max_len
-        from tideflow.runtime.attention import BACKENDS, PagedKVCache, register_attention
+        from tideflow.models.loader import eos_token_ids, load_model, load_tokenizer, model_max_len, uniform_sliding_window
+        from tideflow.runtime.attention import PagedKVCache, attention_kernels, register_attention
         from tideflow.runtime.detokenizer import Detokenizer
         from tideflow.runtime.kv_cache import BlockManager
         from tideflow.runtime.model_runner import ModelRunner
@@ -28,7 +28,7 @@ class Engine:
         from tideflow.runtime.scheduler import Scheduler
 
         mc = config.model
-        attn = register_attention(config.attention_backend)
+        attn = register_attention(config.kernel_backend)
         self.model, self.hf_config = load_model(
             mc.model, dtype=mc.dtype, device=config.parallel.device, attn_implementation=attn,
             trust_remote_code=mc.trust_remote_code,
@@ -56,7 +56,9 @@ class Engine:
         kv_cache = PagedKVCache.allocate(
             num_layers, self.num_blocks, cc.block_size, kv_heads, head_dim, dtype, config.parallel.device
         )
-        self.blocks = BlockManager(self.num_blocks, cc.block_size, cc.enable_prefix_caching)
+        self.blocks = BlockManager(
+            self.num_blocks, cc.block_size, cc.enable_prefix_caching, sliding_window=uniform_sliding_window(self.hf_config)
+        )
         self.detokenizer = Detokenizer(self.tokenizer) if detokenize else None
         self.scheduler = Scheduler(
             config.scheduler, self.blocks, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
@@ -65,7 +67,7 @@ class Engine:
         sampler = Sampler(self.vocab_size, self.eos_token_ids, seed=mc.seed, device=config.parallel.device)
         self.runner = ModelRunner(
             self.model, kv_cache, sampler, device=config.parallel.device,
-            decode_group_rows=BACKENDS[config.attention_backend][1],
+            decode_group_rows=attention_kernels(config.kernel_backend).decode_group_rows,
         )
         self.requests: dict[str, Request] = {}
         torch.manual_seed(mc.seed)
@@ -103,6 +105,9 @@ class Engine:
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
         needed = self.blocks.blocks_needed(len(ids) + max_tokens)
+        if window := self.blocks.sliding_window:  # blocks behind the window are given back as it moves
+            step_tokens = self.config.scheduler.max_num_batched_tokens
+            needed = min(needed, self.blocks.blocks_needed(window + step_tokens) + 1)
         if needed > self.num_blocks:
             raise ValueError(
                 f"prompt_token_ids: prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) needs {needed} KV "

@@ -8,6 +8,10 @@ tokens chained from the parent block's hash, so equal prefixes share physical bl
 blocks keep their hash and content until they are reused: the free queue is in eviction
 order (least recently freed first; a sequence's tail blocks before its head blocks), and a
 hit on a free cached block takes it back out of the queue.
+
+Sliding window: when every layer of the model attends only to the last `sliding_window`
+tokens, blocks that fall wholly before the window of a sequence's next token are given back
+as the sequence advances; their table entries become `RELEASED`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from tideflow.runtime.sequence import Sequence
+
+
+RELEASED = -1  # block table entry of a block given back because it left the sliding window
 
 
 def block_hash(parent: bytes, token_ids) -> bytes:
@@ -37,11 +44,15 @@ class BlockManager:
     """Allocates KV blocks to sequences. Mutates `seq.block_table`, `seq.block_hashes` and
     `seq.num_registered_blocks`; never touches token ids or progress counters."""
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, sliding_window: int = 0):
+        """`sliding_window` > 0: every layer attends to that many tokens at most (0: full attention)."""
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be positive")
+        if sliding_window < 0:
+            raise ValueError(f"sliding_window must be >= 0, got {sliding_window}")
         self.num_blocks = num_blocks
         self.block_size = block_size
+        self.sliding_window = sliding_window
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks  # block id -> sequences using it
         self.hashes: list[bytes | None] = [None] * num_blocks  # block id -> published hash
@@ -137,15 +148,33 @@ class BlockManager:
                 self.hashes[block] = h
         seq.num_registered_blocks = num_full
 
+    def release_outside_window(self, seq: Sequence) -> None:
+        """Give back the blocks that the sequence's next token can no longer attend to: it sits at
+        position num_computed_tokens and sees keys from num_computed_tokens - window + 1 on.
+        Call after `publish_full_blocks`, so released blocks stay findable in the prefix cache."""
+        if not self.sliding_window:
+            return
+        first_needed = seq.num_computed_tokens - self.sliding_window + 1
+        upto = min(max(first_needed, 0) // self.block_size, len(seq.block_table))
+        for i in range(seq.num_released_blocks, upto):
+            self._unref(seq.block_table[i])
+            seq.block_table[i] = RELEASED
+        seq.num_released_blocks = max(seq.num_released_blocks, upto)
+
     def free(self, seq: Sequence) -> None:
         """Release all of seq's blocks (finish, abort or preemption). Blocks whose count drops to
         zero join the free queue, tail blocks first so that they are evicted first."""
         for block in reversed(seq.block_table):
-            self.ref_counts[block] -= 1
-            if self.ref_counts[block] == 0:
-                self.free_queue[block] = None
+            if block != RELEASED:
+                self._unref(block)
         seq.block_table.clear()
         seq.num_registered_blocks = 0
+        seq.num_released_blocks = 0
+
+    def _unref(self, block: int) -> None:
+        self.ref_counts[block] -= 1
+        if self.ref_counts[block] == 0:
+            self.free_queue[block] = None
 
     def reset_prefix_cache(self) -> None:
         """Forget every published block that no sequence holds."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tideflow.runtime.attention import AttentionMetadata, DecodeGroup, PagedKVCache
+from tideflow.runtime.attention import AttentionMetadata, DecodeGroup, PagedKVCache, PagedPrefill
 from tideflow.runtime.batch import ScheduledBatch
+from tideflow.runtime.kv_cache import RELEASED
 from tideflow.runtime.sampler import Sampler, SamplerOutput
 
 _EMPTY = SamplerOutput(token_ids=[], logprobs=[])
@@ -46,22 +47,70 @@ class ModelRunner:
         return self.sampler(out.logits[0], batch.sampled_seqs)
 
     def read_kv(self, block_table: list[int], num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-        """The K and V of a sequence's first `num_tokens` tokens: [layers, tokens, kv_heads, head_dim] each."""
-        slots = self._slots(block_table, num_tokens)
+        """The K and V of a sequence's first `num_tokens` tokens: [layers, tokens, kv_heads, head_dim]
+        each; zeros where the blocks were released (outside the sliding window, never read again)."""
+        slots, live = self._slots(block_table, num_tokens)
         k = self.kv_cache.k[:, slots].cpu().numpy()
         v = self.kv_cache.v[:, slots].cpu().numpy()
+        if not live.all():
+            k[:, ~live] = 0
+            v[:, ~live] = 0
         return k, v
 
     def write_kv(self, block_table: list[int], k: np.ndarray, v: np.ndarray) -> None:
         """Write K/V read by `read_kv` (possibly on another replica) into this cache's blocks."""
-        slots = self._slots(block_table, k.shape[1])
-        self.kv_cache.k[:, slots] = torch.from_numpy(np.asarray(k)).to(self.kv_cache.k.device, self.kv_cache.k.dtype)
-        self.kv_cache.v[:, slots] = torch.from_numpy(np.asarray(v)).to(self.kv_cache.v.device, self.kv_cache.v.dtype)
+        slots, live = self._slots(block_table, k.shape[1])
+        slots = slots[torch.from_numpy(live).to(slots.device)]
+        k_src = torch.from_numpy(np.asarray(k)[:, live]).to(self.kv_cache.k.device, self.kv_cache.k.dtype)
+        v_src = torch.from_numpy(np.asarray(v)[:, live]).to(self.kv_cache.v.device, self.kv_cache.v.dtype)
+        self.kv_cache.k[:, slots] = k_src
+        self.kv_cache.v[:, slots] = v_src
 
-    def _slots(self, block_table: list[int], num_tokens: int) -> torch.Tensor:
+    def _slots(self, block_table: list[int], num_tokens: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Cache slots of the first `num_tokens` positions, and which of them sit in live blocks."""
         pos = np.arange(num_tokens)
-        table = np.asarray(block_table, dtype=np.int64)
-        return torch.from_numpy(table[pos // self.block_size] * self.block_size + pos % self.block_size).to(self.device)
+        blocks = np.asarray(block_table, dtype=np.int64)[pos // self.block_size]
+        live = blocks != RELEASED
+        slots = np.where(live, blocks * self.block_size + pos % self.block_size, 0)
+        return torch.from_numpy(slots).to(self.device), live
+
+    def _decode_groups(self, num_new, context, cu, tables) -> list[DecodeGroup]:
+        """Decode rows sorted by context length, `decode_group_rows` at a time, each group's
+        block tables cut to its longest context."""
+        dev, bs = self.device, self.block_size
+        decode = np.flatnonzero(num_new == 1)
+        decode = decode[np.argsort(context[decode], kind="stable")]
+        per_group = self.decode_group_rows or max(decode.size, 1)
+        groups = []
+        for start in range(0, decode.size, per_group):
+            rows = decode[start : start + per_group]
+            num_blocks = -(-int(context[rows[-1]]) // bs)  # sorted: the last row is the longest
+            groups.append(
+                DecodeGroup(
+                    token_idx=torch.from_numpy(cu[rows]).to(dev),
+                    block_tables=torch.from_numpy(np.ascontiguousarray(tables[rows, :num_blocks])).to(dev),
+                    context_lens=torch.from_numpy(context[rows]).to(dev),
+                )
+            )
+        return groups
+
+    def _paged_prefill(self, num_new, computed, context, cu, tables) -> PagedPrefill | None:
+        """Prefill rows with a cached context (chunks after the first, prefix hits), packed."""
+        rows = np.flatnonzero((num_new > 1) & (computed > 0))
+        if rows.size == 0:
+            return None
+        dev = self.device
+        q_lens = num_new[rows]
+        cu_q = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(q_lens, out=cu_q[1:])
+        token_idx = np.repeat(cu[rows], q_lens) + np.arange(cu_q[-1]) - np.repeat(cu_q[:-1], q_lens)
+        num_blocks = -(-int(context[rows].max()) // self.block_size)
+        return PagedPrefill(
+            token_idx=torch.from_numpy(token_idx).to(dev),
+            block_tables=torch.from_numpy(np.ascontiguousarray(tables[rows, :num_blocks])).to(dev),
+            cu_seqlens_q=torch.from_numpy(cu_q).to(dev),
+            context_lens=torch.from_numpy(context[rows]).to(dev),
+        )
 
     def forward_only(self, batch: ScheduledBatch) -> torch.Tensor:
         """The forward pass without sampling (benchmarks measure engine overhead against it)."""
@@ -92,32 +141,12 @@ class ModelRunner:
         context = computed + num_new
 
         dev = self.device
-        decode = np.flatnonzero(num_new == 1)
-        decode = decode[np.argsort(context[decode], kind="stable")]
-        groups = []
-        per_group = self.decode_group_rows or max(decode.size, 1)
-        for start in range(0, decode.size, per_group):
-            rows_ = decode[start : start + per_group]
-            num_blocks = -(-int(context[rows_[-1]]) // bs)  # sorted: the last row is the longest
-            groups.append(
-                DecodeGroup(
-                    token_idx=torch.from_numpy(cu[rows_]).to(dev),
-                    block_tables=torch.from_numpy(np.ascontiguousarray(tables[rows_, :num_blocks])).to(dev),
-                    context_lens=torch.from_numpy(context[rows_]).to(dev),
-                )
-            )
-        prefills = []
-        for i in np.flatnonzero(num_new > 1):
-            blocks = None
-            if computed[i]:
-                blocks = torch.from_numpy(tables[i, : -(-int(context[i]) // bs)].copy())
-            prefills.append((int(cu[i]), int(num_new[i]), int(computed[i]), blocks))
-
         meta = AttentionMetadata(
             kv_cache=self.kv_cache,
             slot_mapping=torch.from_numpy(slots).to(dev),
-            decode_groups=groups,
-            prefills=[(s, n, c, b if b is None else b.to(dev)) for s, n, c, b in prefills],
+            decode_groups=self._decode_groups(num_new, context, cu, tables),
+            paged_prefill=self._paged_prefill(num_new, computed, context, cu, tables),
+            fresh_prefills=[(int(cu[i]), int(num_new[i])) for i in np.flatnonzero((num_new > 1) & (computed == 0))],
         )
         sample_idx = torch.from_numpy(cu[1:][np.asarray(batch.sample, dtype=bool)] - 1).to(dev)
         input_ids = torch.tensor(ids, dtype=torch.int64, device=dev).unsqueeze(0)

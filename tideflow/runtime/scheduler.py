@@ -138,6 +138,7 @@ class Scheduler:
         for seq, num_new, sampled in zip(batch.seqs, batch.num_new_tokens, batch.sample):
             seq.num_computed_tokens += num_new
             self.blocks.publish_full_blocks(seq)
+            self.blocks.release_outside_window(seq)
             if not sampled:
                 continue
             self._append(seq, output.token_ids[row], output.logprobs[row] if output.logprobs else None)

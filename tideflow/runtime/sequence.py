@@ -42,6 +42,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)  # logical block i -> physical block id
     block_hashes: list[bytes] = field(default_factory=list)  # hash of each full block, chained from the parent
     num_registered_blocks: int = 0  # leading blocks of block_table published in the prefix cache
+    num_released_blocks: int = 0  # leading blocks given back after leaving the sliding window
     num_preemptions: int = 0
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: int | str | None = None  # the stop string or stop token id
