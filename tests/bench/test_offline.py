@@ -3,6 +3,8 @@ import json
 import pytest
 
 from tideflow.bench import offline
+from tideflow.bench.bench_model import BENCH_MODEL_CONFIG, bench_model
+from tideflow.bench.systems import HFContinuous
 from tideflow.bench.workloads import mixed_trace
 
 
@@ -78,12 +80,12 @@ def test_bench_model_is_written_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr("tideflow.models.testing.write_tiny_model", fake_write)
     target = tmp_path / "m"
-    assert offline.bench_model(target) == target
-    assert offline.bench_model(target) == target
-    assert calls == [offline.BENCH_MODEL_CONFIG]
+    assert bench_model(target) == target
+    assert bench_model(target) == target
+    assert calls == [BENCH_MODEL_CONFIG]
     (target / "config.json").write_text(json.dumps({"hidden_size": 1}))  # stale: rewritten
-    assert offline.bench_model(target) == target
-    assert len(calls) == 2 and json.loads((target / "config.json").read_text()) == offline.BENCH_MODEL_CONFIG
+    assert bench_model(target) == target
+    assert len(calls) == 2 and json.loads((target / "config.json").read_text()) == BENCH_MODEL_CONFIG
 
 
 def test_bench_model_has_20_to_30m_parameters():
@@ -93,12 +95,12 @@ def test_bench_model_has_20_to_30m_parameters():
     from tideflow.models.testing import tiny_config
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(tiny_config("llama", **offline.BENCH_MODEL_CONFIG))
+        model = AutoModelForCausalLM.from_config(tiny_config("llama", **BENCH_MODEL_CONFIG))
     assert 20e6 <= sum(p.numel() for p in model.parameters()) <= 30e6
 
 
 def test_hf_continuous_batching_honours_per_request_limits(tiny_model_dir):
-    system = offline.HFContinuous(tiny_model_dir("llama"), "float32")
+    system = HFContinuous(tiny_model_dir("llama"), "float32")
     try:
         trace = mixed_trace(3, 0, vocab_size=512, max_prompt=24, min_output=2, max_output=9)
         gen = system.generate(trace)

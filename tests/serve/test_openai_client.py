@@ -149,14 +149,28 @@ def test_seed_makes_sampling_reproducible(client, server):
     assert any(sample(s) != first for s in (1, 2, 3))
 
 
-def test_stop_strings_and_sampling_extras(client, server, reference):
-    expected, _ = reference
-    greedy = expected[0].outputs[0].text
-    stop = greedy[3:6]
-    if not stop.strip():
-        pytest.skip("the greedy text has no usable stop string")
-    out = client.completions.create(model=server.model, prompt=PROMPTS[0], max_tokens=12, temperature=0, stop=[stop])
-    assert out.choices[0].finish_reason == "stop" and out.choices[0].text == greedy[: greedy.index(stop)]
+def _stop_string_in(text: str) -> str:
+    """The shortest non-blank substring of `text`, without U+FFFD (what a random model's stray
+    bytes decode to), that first occurs at a position past its first character, preferring
+    positions from the middle on: cutting `text` before it leaves a non-empty prefix."""
+    mid = max(len(text) // 2, 1)
+    for start in [*range(mid, len(text)), *range(1, mid)]:
+        for end in range(start + 1, len(text) + 1):
+            stop = text[start:end]
+            if stop.strip() and "\ufffd" not in stop and text.find(stop) == start:
+                return stop
+    raise AssertionError(f"no stop string can be chosen from {text!r}")
+
+
+def test_stop_strings_and_sampling_extras(client, server):
+    greedy = client.completions.create(model=server.model, prompt=PROMPTS[0], max_tokens=12, temperature=0)
+    text = greedy.choices[0].text
+    stop = _stop_string_in(text)
+    # the stop string ends within the first 12 tokens, so 16 leaves no tie with the length limit
+    out = client.completions.create(model=server.model, prompt=PROMPTS[0], max_tokens=16, temperature=0, stop=[stop])
+    assert out.choices[0].finish_reason == "stop"
+    assert out.choices[0].text == text[: text.index(stop)] != ""
+    assert out.usage.completion_tokens <= 12
     extras = client.completions.create(
         model=server.model, prompt=PROMPTS[0], max_tokens=12, temperature=0.7, top_p=0.9, seed=5, user="u1",
         presence_penalty=0.5, frequency_penalty=0.5,

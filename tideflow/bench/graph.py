@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-from tideflow.bench.offline import bench_model, default_model_dir
+from tideflow.bench.bench_model import bench_model, default_model_dir
 from tideflow.bench.workloads import mixed_trace
 
 DEFAULT_SYSTEMS = ("engine", "colocated", "disaggregated")

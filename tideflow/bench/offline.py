@@ -1,14 +1,8 @@
 """Offline throughput: tideflow against Hugging Face on one seeded trace.
 
 Every system runs the same `mixed` trace on the same weights, greedy, and generates exactly
-each request's `max_tokens` (EOS ignored). Systems (string-keyed in `SYSTEMS`):
-
-- `hf-static`: `model.generate` over static, left-padded batches of `batch_size` requests
-  in trace order, each batch running to its longest request. Tokens past a request's own
-  `max_tokens` are waste: throughput counts only the useful ones.
-- `hf-cb`: transformers' continuous batching manager (what `model.generate_batch` drives),
-  with per-request `max_new_tokens` (see `HFContinuous`).
-- `tideflow`: the in-process engine, `LLM.generate`.
+each request's `max_tokens` (EOS ignored). The systems (`hf-static`, `hf-cb`, `tideflow`)
+are in `tideflow.bench.systems`.
 
 Each system loads its model and warms up on two short requests before the timed run; one
 system runs at a time. Then, at batch 32, the tideflow engine step is compared with the model
@@ -19,256 +13,22 @@ shared machine are noisy: read the ratios (BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from tideflow.bench.workloads import TraceRequest, mixed_trace, trace_stats
+from tideflow.bench.bench_model import BENCH_MODEL_NAME, bench_model, default_model_dir, model_info
+from tideflow.bench.machine import cpu_busy_s, environment, other_cpu_frac, own_cpu_s
+from tideflow.bench.systems import KV_CACHE_BYTES, MAX_BATCH_TOKENS, MAX_SEQS, SYSTEMS, System
+from tideflow.bench.workloads import mixed_trace, trace_stats
 
-# A ~24M-parameter Llama (8 x 2.9M per layer + 0.5M embeddings), vocab of the tiny tokenizer.
-BENCH_MODEL_NAME = "llama-24m"
-BENCH_MODEL_CONFIG: dict[str, Any] = {
-    "hidden_size": 512,
-    "intermediate_size": 1376,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 2048,
-}
 DEFAULT_SYSTEMS = ("hf-static", "hf-cb", "tideflow")
 DEFAULT_NUM_REQUESTS = 64  # a full 3-system run takes ~5 minutes on a 2-core CPU
-KV_CACHE_BYTES = 1 << 30  # KV pool of tideflow and hf-cb alike
-MAX_BATCH_TOKENS = 2048  # per-step token budget of tideflow and hf-cb alike
-MAX_SEQS = 64  # concurrent sequences of tideflow and hf-cb alike
 OVERHEAD_BATCH, OVERHEAD_PROMPT_LEN, OVERHEAD_STEPS = 32, 128, 16
-
-
-def bench_model(path: str | os.PathLike) -> Path:
-    """Write the benchmark model (random weights, float32) into `path` unless it is already there."""
-    from tideflow.models.testing import write_tiny_model
-
-    path = Path(path)
-    if _is_bench_model(path):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # written whole, then renamed
-        write_tiny_model("llama", Path(tmp) / "model", seed=0, **BENCH_MODEL_CONFIG)
-        if path.exists() and not _is_bench_model(path):  # a stale copy from another config
-            shutil.rmtree(path)
-        try:
-            (Path(tmp) / "model").rename(path)
-        except OSError:  # another process wrote it meanwhile
-            if not _is_bench_model(path):
-                raise
-    return path
-
-
-def _is_bench_model(path: Path) -> bool:
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    fields_match = all(config.get(k) == v for k, v in BENCH_MODEL_CONFIG.items())
-    return fields_match and (path / "model.safetensors").is_file()
-
-
-def default_model_dir() -> Path:
-    return Path(tempfile.gettempdir()) / "tideflow-bench" / BENCH_MODEL_NAME
-
-
-# -- systems ------------------------------------------------------------------------------------
-@dataclass(slots=True)
-class Generation:
-    """What one system produced for a trace."""
-
-    token_ids: list[list[int]]  # request (trace order) -> its max_tokens generated ids
-    generated_tokens: int  # every token the system generated, waste included
-
-
-class System(Protocol):
-    """A loaded system. `generate` runs a whole trace and blocks; `close` frees what it holds."""
-
-    def generate(self, trace: list[TraceRequest]) -> Generation: ...
-
-    def close(self) -> None: ...
-
-
-def _load_hf(model_dir: str, dtype: str, attn_implementation: str):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
-    )
-    return model.eval()
-
-
-class HFStatic:
-    """`model.generate` on left-padded batches (with attention_mask) in trace order, each with
-    `max_new_tokens` = `min_new_tokens` = the batch's largest `max_tokens`. EOS is switched off
-    with `eos_token_id=None`, so nothing stops early and EOS may still be sampled, exactly like
-    tideflow's `ignore_eos`. (With an EOS id, `min_new_tokens` alone would mask EOS out of the
-    logits and change the greedy tokens; without one it has nothing to mask.)"""
-
-    def __init__(self, model_dir: str, dtype: str, batch_size: int):
-        self.model = _load_hf(model_dir, dtype, "sdpa")
-        self.batch_size = batch_size
-        config = self.model.config
-        pad = self.model.generation_config.pad_token_id
-        self.pad_id = pad if pad is not None else (config.pad_token_id or 0)
-
-    def generate(self, trace: list[TraceRequest]) -> Generation:
-        import torch
-
-        token_ids, generated = [], 0
-        for start in range(0, len(trace), self.batch_size):
-            batch = trace[start : start + self.batch_size]
-            width = max(len(r.prompt_token_ids) for r in batch)
-            new = max(r.max_tokens for r in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, r in enumerate(batch):
-                ids[row, width - len(r.prompt_token_ids) :] = torch.tensor(r.prompt_token_ids)
-                mask[row, width - len(r.prompt_token_ids) :] = 1
-            with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                    do_sample=False, eos_token_id=None, pad_token_id=self.pad_id,
-                )
-            out = out[:, width:]
-            generated += out.numel()
-            token_ids += [out[row, : r.max_tokens].tolist() for row, r in enumerate(batch)]
-        return Generation(token_ids, generated)
-
-    def close(self) -> None:
-        self.model = None
-
-
-class HFContinuous:
-    """transformers' continuous batching. `model.generate_batch(inputs, generation_config)`
-    takes one `max_new_tokens` for all inputs, so this drives the manager it wraps directly
-    (`model.continuous_batching_context_manager`, as `generate_batch` does) and submits each
-    request with `manager.add_request(ids, max_new_tokens=its max_tokens, eos_token_id=-1)`
-    (-1: no EOS). Attention is "sdpa" (flash is unavailable on CPU; `auto_switch_to_flash`
-    off). KV capacity, step token budget and batch size match tideflow's; the cache holds
-    pages of 256 tokens (transformers' default). Prefix sharing stays on, as in tideflow.
-    With sdpa, transformers preallocates one attention mask of [max_batch_tokens, KV capacity
-    + max_batch_tokens] and slices it to the tokens each step reads."""
-
-    def __init__(self, model_dir: str, dtype: str, attn_implementation: str = "sdpa"):
-        from transformers import GenerationConfig
-        from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
-        self.model = _load_hf(model_dir, dtype, attn_implementation)
-        cfg = self.model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        # KV capacity in tokens, sized by tideflow's rule: the byte budget, capped at what
-        # MAX_SEQS sequences of the full context length can use
-        bytes_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * self.model.dtype.itemsize
-        capacity = min(KV_CACHE_BYTES // bytes_per_token, MAX_SEQS * cfg.max_position_embeddings)
-        page = 256
-        cb_config = ContinuousBatchingConfig(
-            page_size=page,
-            num_blocks=max(1, -(-capacity // page)),
-            max_batch_tokens=MAX_BATCH_TOKENS,
-            max_requests_per_batch=MAX_SEQS,
-            auto_switch_to_flash=False,
-            seed=0,
-        )
-        gen_config = GenerationConfig(do_sample=False, max_new_tokens=1, eos_token_id=-1, pad_token_id=cfg.pad_token_id)
-        self._stack = contextlib.ExitStack()
-        self.manager = self._stack.enter_context(
-            self.model.continuous_batching_context_manager(
-                generation_config=gen_config, continuous_batching_config=cb_config, warmup=False
-            )
-        )
-
-    def generate(self, trace: list[TraceRequest]) -> Generation:
-        ids = [
-            self.manager.add_request(list(r.prompt_token_ids), max_new_tokens=r.max_tokens, eos_token_id=-1)
-            for r in trace
-        ]
-        results = {}
-        while len(results) < len(ids):
-            result = self.manager.get_result(timeout=1)
-            if result is None:
-                if not self.manager.is_running():
-                    raise RuntimeError("transformers' continuous batching thread stopped early")
-                continue
-            if result.is_finished():
-                if result.error is not None:
-                    raise RuntimeError(f"hf-cb request {result.request_id} failed: {result.error}")
-                results[result.request_id] = result
-        token_ids = [list(results[i].generated_tokens) for i in ids]
-        return Generation(token_ids, sum(map(len, token_ids)))
-
-    def close(self) -> None:
-        self._stack.close()
-        self.manager = self.model = None
-
-
-class Tideflow:
-    """The in-process engine, with its defaults (64 sequences, 2048 tokens a step, 1 GiB KV)."""
-
-    def __init__(self, model_dir: str, dtype: str):
-        from tideflow import LLM
-
-        self.llm = LLM(
-            model_dir, dtype=dtype, kv_cache_memory_bytes=KV_CACHE_BYTES, max_num_seqs=MAX_SEQS,
-            max_num_batched_tokens=MAX_BATCH_TOKENS,
-        )
-
-    def generate(self, trace: list[TraceRequest]) -> Generation:
-        from tideflow import SamplingParams
-
-        prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in trace]
-        params = [SamplingParams(temperature=0, max_tokens=r.max_tokens, ignore_eos=True) for r in trace]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        token_ids = [list(o.outputs[0].token_ids) for o in outputs]
-        return Generation(token_ids, sum(map(len, token_ids)))
-
-    def close(self) -> None:
-        self.llm = None
-
-
-SYSTEMS = {
-    "hf-static": lambda model_dir, dtype, batch_size: HFStatic(model_dir, dtype, batch_size),
-    "hf-cb": lambda model_dir, dtype, batch_size: HFContinuous(model_dir, dtype),
-    "tideflow": lambda model_dir, dtype, batch_size: Tideflow(model_dir, dtype),
-}
-
-
-def _cpu_busy_s() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (Linux), or None."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def _other_cpu_frac(busy0: float | None, own0: float, wall: float) -> float | None:
-    """Share of the machine's CPUs that other processes used since (busy0, own0), over `wall` s."""
-    busy1 = _cpu_busy_s()
-    if busy0 is None or busy1 is None or wall <= 0:
-        return None
-    return max(0.0, (busy1 - busy0) - (_own_cpu_s() - own0)) / (wall * (os.cpu_count() or 1))
 
 
 def _time_system(name: str, model_dir: str, trace, *, dtype: str, batch_size: int, vocab_size: int) -> dict:
@@ -276,10 +36,10 @@ def _time_system(name: str, model_dir: str, trace, *, dtype: str, batch_size: in
     system: System = SYSTEMS[name](model_dir, dtype, batch_size)
     try:
         system.generate(mixed_trace(2, 1, vocab_size=vocab_size, max_prompt=32, min_output=4, max_output=4))
-        busy0, own0, start = _cpu_busy_s(), _own_cpu_s(), time.perf_counter()
+        busy0, own0, start = cpu_busy_s(), own_cpu_s(), time.perf_counter()
         gen = system.generate(trace)
         wall = time.perf_counter() - start
-        other = _other_cpu_frac(busy0, own0, wall)
+        other = other_cpu_frac(busy0, own0, wall)
     finally:
         system.close()
     for r, ids in zip(trace, gen.token_ids):
@@ -326,7 +86,7 @@ def measure_overhead(
         engine.step()  # prefill (chunked under the budget) until every sequence decodes
     scheduler, runner = engine.scheduler, engine.runner
     step_s, fwd_s, prep_s, sched_s, exec_s, upd_s = [], [], [], [], [], []
-    busy0, own0, start = _cpu_busy_s(), _own_cpu_s(), time.perf_counter()
+    busy0, own0, start = cpu_busy_s(), own_cpu_s(), time.perf_counter()
     for _ in range(steps):
         t0 = time.perf_counter()
         engine.step()
@@ -355,7 +115,7 @@ def measure_overhead(
         if not seq.finished:
             engine.abort_request(seq.request_id)
 
-    other = _other_cpu_frac(busy0, own0, time.perf_counter() - start)
+    other = other_cpu_frac(busy0, own0, time.perf_counter() - start)
     ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
     step, fwd = ms(step_s), ms(fwd_s)
     return {
@@ -379,37 +139,6 @@ def measure_overhead(
 
 
 # -- the benchmark --------------------------------------------------------------------------------
-def _model_info(model_dir: str) -> dict:
-    import math
-
-    from safetensors import safe_open
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir)
-    params = 0
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(f, "np") as st:
-            params += sum(math.prod(st.get_slice(key).get_shape()) for key in st.keys())
-    fields = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-              "num_attention_heads", "num_key_value_heads")
-    return {"dir": str(model_dir), "params": params, **{k: getattr(config, k, None) for k in fields}}
-
-
-def _environment() -> dict:
-    import torch
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "load_avg_1m": os.getloadavg()[0],  # > torch_threads means other work shared the CPU
-    }
-
-
 def _agreement(ref: list[list[int]], other: list[list[int]]) -> dict:
     """How far two systems' greedy outputs agree: identical requests, and where the others diverge."""
     diverged = {}
@@ -456,7 +185,7 @@ def run_offline(
         raise ValueError(f"repeats must be positive, got {repeats}")
     log = log or (lambda line: None)
     model_dir = str(model_dir)
-    info = _model_info(model_dir)
+    info = model_info(model_dir)
     trace = mixed_trace(
         num_requests, seed, vocab_size=info["vocab_size"], min_prompt=min_prompt, max_prompt=max_prompt,
         min_output=min_output, max_output=max_output,
@@ -468,7 +197,7 @@ def run_offline(
         "trace": {"workload": "mixed", "seed": seed, **trace_stats(trace)},
         "settings": {"repeats": repeats, "hf_static_batch_size": batch_size, "max_num_seqs": MAX_SEQS,
                      "max_batch_tokens": MAX_BATCH_TOKENS, "kv_cache_bytes": KV_CACHE_BYTES},
-        "environment": _environment(),
+        "environment": environment(),
         "systems": {},
     }
     tokens, walls = {}, {name: [] for name in systems}
