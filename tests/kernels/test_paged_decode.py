@@ -61,3 +61,13 @@ def test_rejects_bad_inputs():
         paged_decode(q, k, v, tables, lens, 0.1, window=-1)
     with pytest.raises(ValueError, match="must be contiguous"):
         paged_decode(q, k.transpose(1, 2), v.transpose(1, 2), tables, lens, 0.1)
+
+
+def test_balanced_order_pairs_long_with_short_rows():
+    from tideflow.kernels.paged_decode import balanced_order
+
+    lens = np.array([5, 100, 7, 60, 1, 30, 80])
+    order = balanced_order(lens)
+    assert sorted(order.tolist()) == list(range(len(lens)))
+    got = lens[order].tolist()
+    assert got == [100, 1, 80, 5, 60, 7, 30]

@@ -5,7 +5,8 @@ projection output) go to slot `slot_mapping[t]` = block * block_size + offset of
 cache [slots, kv_heads, head_dim]. A negative slot skips the row (padding).
 
 - `reshape_and_cache_ref`: the torch reference (`index_copy_` of the rows with a slot).
-- `_reshape_and_cache_cpu`: numba, parallel over tokens, reading the strided input in place.
+- `_reshape_and_cache_cpu`: numba, reading the strided input in place. Serial: a step writes
+  at most a few MB, less than what waking a second thread costs.
 - `reshape_and_cache`: the checked entry point; CUDA tensors go to `kernels.cuda.attention`.
 """
 
@@ -24,10 +25,10 @@ def reshape_and_cache_ref(k, v, k_cache, v_cache, slot_mapping) -> None:
     v_cache.index_copy_(0, slots, v[keep])
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def _reshape_and_cache_cpu(k, v, k_cache, v_cache, slot_mapping):  # pragma: no cover (jitted)
     heads, dim = k.shape[1], k.shape[2]
-    for t in numba.prange(k.shape[0]):
+    for t in range(k.shape[0]):
         slot = slot_mapping[t]
         if slot < 0:
             continue
@@ -64,3 +65,16 @@ def reshape_and_cache(k, v, k_cache, v_cache, slot_mapping) -> None:
     if k.shape[0] and int(slot_mapping.max()) >= k_cache.shape[0]:
         raise ValueError(f"{name}: a slot is past the cache's {k_cache.shape[0]} slots")
     _reshape_and_cache_cpu(k.numpy(), v.numpy(), k_cache.numpy(), v_cache.numpy(), slot_mapping.numpy())
+
+
+def bench_cases() -> list[tuple[str, object, object]]:
+    """(name, kernel, reference): a 2048-token step's K/V (8 KV heads of 128, strided views as
+    transformers hands them over) into a pool of 64k slots, float32."""
+    gen = torch.Generator().manual_seed(0)
+    tokens, heads, dim, slots = 2048, 8, 128, 65536
+    k = torch.randn(heads, tokens, dim, generator=gen).transpose(0, 1)
+    v = torch.randn(heads, tokens, dim, generator=gen).transpose(0, 1)
+    k_cache, v_cache = torch.zeros(slots, heads, dim), torch.zeros(slots, heads, dim)
+    slot_mapping = torch.randperm(slots, generator=gen)[:tokens]
+    args = (k, v, k_cache, v_cache, slot_mapping)
+    return [(f"reshape_and_cache {tokens} tokens", lambda: reshape_and_cache(*args), lambda: reshape_and_cache_ref(*args))]

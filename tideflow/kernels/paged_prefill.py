@@ -165,3 +165,22 @@ def paged_prefill(
         q.numpy(), k_blocks.numpy(), v_blocks.numpy(), block_tables.numpy(), *tiles, float(scale), window, out.numpy()
     )
     return out
+
+
+def bench_cases() -> list[tuple[str, object, object]]:
+    """(name, kernel, reference): chunked prefill, 4 sequences each computing a 256-token chunk
+    over 768 cached tokens (the second half of a 2048-token step budget), 8 KV heads of 64
+    (GQA 4), float32."""
+    gen = torch.Generator().manual_seed(0)
+    seqs, chunk, cached, kv_heads, heads, dim, block_size = 4, 256, 768, 8, 32, 64, 16
+    per_seq = (cached + chunk) // block_size
+    k = torch.randn(seqs * per_seq + 64, block_size, kv_heads, dim, generator=gen)
+    v = torch.randn_like(k)
+    tables = torch.randperm(k.shape[0], generator=gen)[: seqs * per_seq].view(seqs, per_seq)
+    cu = torch.arange(seqs + 1, dtype=torch.int64) * chunk
+    lens = torch.full((seqs,), cached + chunk, dtype=torch.int64)
+    q = torch.randn(seqs * chunk, heads, dim, generator=gen)
+    out = torch.empty_like(q)
+    args = (q, k, v, tables, cu, lens, dim**-0.5)
+    return [(f"paged prefill {seqs}x{chunk} over {cached} cached", lambda: paged_prefill(*args, out=out),
+             lambda: paged_prefill_ref(*args))]
