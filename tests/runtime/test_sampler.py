@@ -4,6 +4,7 @@ from collections import Counter
 import pytest
 import torch
 
+from tideflow.kernels.sampling import to_int64
 from tideflow.runtime.sampler import Sampler, apply_penalties, derive_seed
 from tideflow.runtime.sequence import Sequence
 from tideflow.sampling_params import SamplingParams
@@ -109,12 +110,44 @@ def test_seeded_completions_differ_by_index_and_repeat_by_seed():
     assert derive_seed(42, 0) == 42 and derive_seed(42, 1) != derive_seed(42, 2)
 
 
-def test_generator_created_lazily_only_for_seeded_random_rows():
+def test_sampling_seed_fixed_lazily_only_for_random_rows():
     seqs = [make_seq(SamplingParams(temperature=0.0, seed=1)), make_seq(SamplingParams(temperature=1.0, seed=1)),
-            make_seq(SamplingParams(temperature=1.0))]
-    make_sampler()(torch.randn(3, VOCAB), seqs)
-    assert seqs[0].generator is None and seqs[2].generator is None
-    assert isinstance(seqs[1].generator, torch.Generator)
+            make_seq(SamplingParams(temperature=1.0, seed=1), index=2), make_seq(SamplingParams(temperature=1.0))]
+    sampler = make_sampler()
+    sampler(torch.randn(4, VOCAB), seqs)
+    assert seqs[0].sampling_seed is None
+    assert seqs[1].sampling_seed == 1 and seqs[2].sampling_seed == to_int64(derive_seed(1, 2))
+    drawn = seqs[3].sampling_seed
+    assert isinstance(drawn, int)
+    sampler(torch.randn(4, VOCAB), seqs)
+    assert seqs[3].sampling_seed == drawn  # drawn once, then kept
+
+
+def test_recomputed_or_replayed_sequence_draws_the_same_tokens():
+    """The counter is the number of generated tokens: a sequence rebuilt from its tokens (after
+    preemption, on another replica, or replayed from a log) with the same sampling seed draws
+    exactly what the original drew, in whatever batch."""
+    params = [SamplingParams(temperature=1.0, top_p=0.9, seed=11), SamplingParams(temperature=0.8, min_p=0.05)]
+    original = [make_seq(p) for p in params]
+    tokens = run_steps(make_sampler(seed=1), original, 25)
+    for cut in (0, 7, 24):
+        rebuilt = [make_seq(p, output=t[:cut]) for p, t in zip(params, tokens)]
+        rebuilt[1].sampling_seed = original[1].sampling_seed  # what a handoff or a replay log carries
+        batch = [make_seq(SamplingParams(temperature=1.2))] + rebuilt[::-1]
+        logits = torch.stack([step_logits(cut) for _ in batch])
+        out = make_sampler(seed=99)(logits, batch).token_ids
+        assert out[1:] == [tokens[1][cut], tokens[0][cut]]
+
+
+def test_kernel_and_torch_reference_backends_agree():
+    params = [SamplingParams(temperature=0.9, top_k=5, seed=1), SamplingParams(temperature=1.1, top_p=0.7, seed=2),
+              SamplingParams(temperature=0.7, min_p=0.2, seed=3), SamplingParams(temperature=1.0, seed=4),
+              SamplingParams(temperature=0.0)]
+    got = {}
+    for backend in ("auto", "torch"):
+        sampler = Sampler(VOCAB, [EOS], seed=0, kernel_backend=backend)
+        got[backend] = run_steps(sampler, [make_seq(p) for p in params], 30)
+    assert got["auto"] == got["torch"]
 
 
 def test_unseeded_rows_vary_and_sampler_seed_reproduces():

@@ -50,8 +50,7 @@ class Decode(StageRole):
                 seq.finish_reason, seq.stop_reason = row["finish_reason"], row["stop_token_id"]
                 self.ready += self.stream.rows([seq])
                 continue
-            if row["generator_state"] is not None:
-                seq.generator = _generator(row["generator_state"])
+            seq.sampling_seed = row["sampling_seed"]
             self.pending.append((seq, attachments[kv_key(rid, index)]))
 
     def poll(self) -> list[Emission]:
@@ -97,10 +96,3 @@ class Decode(StageRole):
     def stats(self) -> dict:
         return {**engine_stats(self.core), "num_pending_adoption": len(self.pending)}
 
-
-def _generator(state: bytes):
-    import torch
-
-    gen = torch.Generator()
-    gen.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
-    return gen

@@ -61,8 +61,7 @@ class Prefill(StageRole):
                     attachments[kv_key(seq.request_id, seq.index)] = self.core.runner.read_kv(
                         seq.block_table, seq.num_computed_tokens
                     )
-                    if seq.generator is not None:
-                        row["generator_state"] = seq.generator.get_state().numpy().tobytes()
+                    row["sampling_seed"] = seq.sampling_seed
                     handoff.append(seq)
                 rows.append(row)
             self.core.release(handoff)

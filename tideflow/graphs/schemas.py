@@ -67,7 +67,9 @@ PREFILLED = pa.schema(
         ("arrival_time", pa.float64()),
         ("first_token_id", pa.int32()),  # sampled by prefill
         ("first_logprobs", pa.binary()),  # msgpack of {token_id: (logprob, rank)}, or null
-        ("generator_state", pa.binary()),  # the seeded RNG's state after the first draw, or null
+        # the counter-based sampling seed fixed at the first random draw (null: greedy so far);
+        # with it, decode draws exactly what prefill's engine would have drawn next
+        ("sampling_seed", pa.int64()),
         ("finished", pa.bool_()),  # the first token already ended it (EOS, max_tokens=1, ...)
         ("finish_reason", pa.string()),
         ("stop_token_id", pa.int32()),

@@ -1,9 +1,47 @@
-"""Argument checks shared by the attention kernels' wrappers: a kernel reads raw memory, so a
-wrong shape, stride or dtype must become a ValueError before the launch, not a wrong answer."""
+"""Argument checks shared by the kernels' entry points.
+
+A kernel reads raw memory: a wrong dtype, shape or stride there is a silent wrong answer or a
+crash, not an exception. Every entry point therefore checks its tensors before it launches and
+raises ValueError naming the function and the argument.
+"""
 
 from __future__ import annotations
 
 import torch
+
+BACKENDS = ("auto", "torch")  # "auto": the kernel for the tensors' device; "torch": the reference
+
+
+def check_backend(fn: str, backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"{fn}: backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def check_tensor(
+    fn: str,
+    name: str,
+    t,
+    *,
+    shape: tuple[int | None, ...],
+    dtypes: tuple[torch.dtype, ...] | None,
+    device: torch.device | None,
+    contiguous: bool = True,
+) -> None:
+    """`t` is a tensor of `shape` (None: any size there) with one of `dtypes` (None: any), on
+    `device` (None: any; pass the first input's device for the others) and, when `contiguous`,
+    densely packed in row-major order."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != len(shape) or any(want is not None and got != want for got, want in zip(t.shape, shape)):
+        want = ", ".join("*" if s is None else str(s) for s in shape)
+        raise ValueError(f"{fn}: {name} must have shape ({want}{',' if len(shape) == 1 else ''}), got {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise ValueError(f"{fn}: {name} must be {' or '.join(str(d) for d in dtypes)}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{fn}: {name} is on {t.device} but the inputs are on {device}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{fn}: {name} must be contiguous, got strides {t.stride()}")
+
 
 FLOAT_DTYPES = (torch.float32, torch.float64)  # what the CPU kernels compute in
 GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

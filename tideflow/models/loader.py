@@ -96,22 +96,32 @@ def load_model(
     device: str = "cpu",
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
+    kernel_backend: str = "auto",
 ) -> tuple[PreTrainedModel, PretrainedConfig]:
     """Load a causal LM in eval mode on `device`; return `(model, model.config)`.
 
     `attn_implementation` is any name `transformers` knows, including one registered with
     `transformers.AttentionInterface.register`; None keeps the transformers default.
+    `kernel_backend` "auto" runs MoE routing and experts on tideflow's kernels
+    (`tideflow.models.experts`); "torch" keeps transformers' own experts.
     Raises ValueError naming the path when a local directory is missing or has no config.json.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from tideflow.models.experts import register_experts, use_tideflow_routing
+
+    if kernel_backend not in ("auto", "torch"):
+        raise ValueError(f"kernel_backend must be 'auto' or 'torch', got {kernel_backend!r}")
     source = _source(path_or_id, required_file="config.json")
     hf_config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     torch_dtype = resolve_dtype(dtype, hf_config, device)
-    if str(torch_dtype) == "torch.float64" and _is_moe(hf_config):
+    moe = _is_moe(hf_config)
+    if moe and kernel_backend == "auto":
+        kwargs["experts_implementation"] = register_experts()
+    elif moe and str(torch_dtype) == "torch.float64":
         kwargs["experts_implementation"] = "eager"  # grouped_mm has no float64 kernel
     model = AutoModelForCausalLM.from_pretrained(
         source,
@@ -120,6 +130,8 @@ def load_model(
         trust_remote_code=trust_remote_code,
         **kwargs,
     )
+    if moe and kernel_backend == "auto":
+        use_tideflow_routing(model)
     model.to(device)
     model.eval()
     return model, model.config

@@ -31,6 +31,7 @@ class Engine:
         attn = register_attention(config.kernel_backend)
         self.model, self.hf_config = load_model(
             mc.model, dtype=mc.dtype, device=config.parallel.device, attn_implementation=attn,
+            kernel_backend=config.kernel_backend,
             trust_remote_code=mc.trust_remote_code,
         )
         self.tokenizer = load_tokenizer(mc.tokenizer or mc.model, trust_remote_code=mc.trust_remote_code)
@@ -64,7 +65,7 @@ class Engine:
             config.scheduler, self.blocks, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
             stop_checker=self.detokenizer, clock=time.monotonic,
         )
-        sampler = Sampler(self.vocab_size, self.eos_token_ids, seed=mc.seed, device=config.parallel.device)
+        sampler = Sampler(self.vocab_size, self.eos_token_ids, seed=mc.seed, kernel_backend=config.kernel_backend)
         self.runner = ModelRunner(
             self.model, kv_cache, sampler, device=config.parallel.device,
             decode_group_rows=attention_kernels(config.kernel_backend).decode_group_rows,

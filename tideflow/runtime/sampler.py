@@ -2,9 +2,10 @@
 
 Order, as in vLLM v1: penalties -> min_tokens suppression -> (logprobs, from the raw logits) ->
 temperature -> top-k -> top-p -> min-p -> sample. Greedy rows take the argmax of the penalised
-logits and are never perturbed. Random rows draw with the "exponential race"
-(argmax(probs / q), q ~ Exp(1)), so a seeded row's token depends only on its own generator and
-its own distribution, whatever else is in the batch.
+logits and are never perturbed. Random rows go through `tideflow.kernels.sampling.sample`, whose
+draws are a pure function of (the row's seed, its counter, its logits): the counter is the
+number of tokens the sequence has generated, so its draws never depend on the batch around it,
+and a preempted, migrated or replayed sequence draws exactly the same tokens again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tideflow.kernels.sampling import sample, to_int64
 from tideflow.outputs import Logprob
 from tideflow.runtime.sequence import Sequence
 
@@ -31,13 +33,15 @@ class SamplerOutput:
 
 class Sampler:
     """Samples one token per row. Reads `seq.params` and the token ids; the only state it writes
-    is `seq.generator`, created on a seeded row's first random draw."""
+    is `seq.sampling_seed`, fixed at a row's first random draw."""
 
-    def __init__(self, vocab_size: int, eos_token_ids: Iterable[int], seed: int = 0, device="cpu"):
+    def __init__(self, vocab_size: int, eos_token_ids: Iterable[int], seed: int = 0, kernel_backend: str = "auto"):
+        """`kernel_backend`: "auto" samples with tideflow's kernel for the logits' device,
+        "torch" with its torch reference (the same tokens)."""
         self.vocab_size = vocab_size
         self.eos_token_ids = tuple(eos_token_ids)
-        self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device)  # for rows without their own seed
+        self.kernel_backend = kernel_backend
+        self.generator = torch.Generator()  # draws the seeds of rows without their own
         self.generator.manual_seed(seed & _MASK64)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
@@ -97,64 +101,39 @@ class Sampler:
 
     def _sample_random(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """logits: [R, V] penalised logits of non-greedy rows -> [R] sampled token ids."""
-        num_rows, vocab = logits.shape
-        dev, dtype = logits.device, logits.dtype
+        dev = logits.device
         params = [s.params for s in seqs]
-        logits = logits / torch.tensor([p.temperature for p in params], dtype=dtype, device=dev).unsqueeze(1)
-        top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
-        use_top_k = any(k < vocab for k in top_k)
-        use_top_p = any(p.top_p < 1.0 for p in params)
-        use_min_p = any(p.min_p > 0.0 for p in params)
 
-        order = None
-        if use_top_k or use_top_p:
-            # Work in descending order; stable, so ties keep argmax's choice (top_k=1 == greedy).
-            logits, order = logits.sort(dim=-1, descending=True, stable=True)
-            if use_top_k:
-                k = torch.tensor(top_k, device=dev).unsqueeze(1)
-                logits.masked_fill_(torch.arange(vocab, device=dev) >= k, float("-inf"))
-        probs = logits.softmax(dim=-1)
-        if use_top_p:
-            # keep the smallest prefix whose mass reaches top_p: drop where the mass before a token is >= top_p
-            # inf for rows without top-p, so rounding in the cumsum cannot cut their tail
-            top_p = [p.top_p if p.top_p < 1.0 else float("inf") for p in params]
-            top_p = torch.tensor(top_p, dtype=dtype, device=dev).unsqueeze(1)
-            probs.masked_fill_(probs.cumsum(dim=-1) - probs >= top_p, 0.0)
-        if use_min_p:
-            # p / p_max is unchanged by renormalisation, so probs need not sum to 1 here
-            min_p = torch.tensor([p.min_p for p in params], dtype=dtype, device=dev).unsqueeze(1)
-            probs.masked_fill_(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+        def column(values, dtype):
+            return torch.tensor(values, dtype=dtype, device=dev)
 
-        noise = torch.empty_like(probs)
-        unseeded = []
-        for r, seq in enumerate(seqs):
-            if seq.params.seed is None:
-                unseeded.append(r)
-            else:
-                noise[r].exponential_(generator=self._row_generator(seq))
-        if len(unseeded) == num_rows:
-            noise.exponential_(generator=self.generator)
-        elif unseeded:
-            idx = torch.tensor(unseeded, device=dev)
-            noise[idx] = torch.empty((len(unseeded), vocab), dtype=dtype, device=dev).exponential_(
-                generator=self.generator
-            )
-        noise.clamp_min_(torch.finfo(dtype).tiny)
-        if order is None:
-            return (probs / noise).argmax(dim=-1)
-        # noise is drawn per token id, so a row's draw does not depend on whether the batch sorted
-        choice = (probs / noise.gather(1, order)).argmax(dim=-1)
-        return order.gather(1, choice.unsqueeze(1)).squeeze(1)
+        return sample(
+            logits,
+            column([p.temperature for p in params], torch.float64),
+            column([p.top_k for p in params], torch.int64),
+            column([p.top_p for p in params], torch.float64),
+            column([p.min_p for p in params], torch.float64),
+            column(self._seeds(seqs), torch.int64),
+            column([s.num_output_tokens for s in seqs], torch.int64),
+            backend=self.kernel_backend,
+        )
 
-    def _row_generator(self, seq: Sequence) -> torch.Generator:
-        if seq.generator is None:
-            seq.generator = torch.Generator(device=self.device)
-            seq.generator.manual_seed(derive_seed(seq.params.seed, seq.index))
-        return seq.generator
+    def _seeds(self, seqs: list[Sequence]) -> list[int]:
+        """Each row's sampling seed, fixed on first use: the request's seed mixed with the
+        completion index, or one drawn from the sampler's generator for unseeded requests."""
+        fresh = [s for s in seqs if s.sampling_seed is None and s.params.seed is None]
+        if fresh:
+            drawn = torch.empty(len(fresh), dtype=torch.int64).random_(generator=self.generator).tolist()
+            for seq, seed in zip(fresh, drawn):
+                seq.sampling_seed = seed
+        for seq in seqs:
+            if seq.sampling_seed is None:
+                seq.sampling_seed = to_int64(derive_seed(seq.params.seed, seq.index))
+        return [s.sampling_seed for s in seqs]
 
 
 def derive_seed(seed: int, index: int) -> int:
-    """The generator seed of completion `index` of a request seeded with `seed`: the seed itself for
+    """The sampling seed of completion `index` of a request seeded with `seed`: the seed itself for
     index 0, a splitmix64 mix of (seed, index) for the others, so n > 1 completions differ."""
     if index == 0:
         return seed & _MASK64

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
 
 from tideflow.outputs import CompletionOutput, Logprob, RequestOutput
 from tideflow.sampling_params import SamplingParams
@@ -51,7 +50,7 @@ class Sequence:
     prefix_offset: int = 0  # start of the token window decoded as context
     read_offset: int = 0  # tokens up to here are already in output_text
     # sampler state
-    generator: Any = None  # per-sequence torch.Generator for seeded requests
+    sampling_seed: int | None = None  # int64 bits of the counter-based sampling seed; fixed at the first random draw
     logprobs: list[dict[int, Logprob]] | None = None
     cumulative_logprob: float = 0.0
     first_token_time: float | None = None

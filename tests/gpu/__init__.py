@@ -1,0 +1,1 @@
+"""CUDA-only tests: each module skips cleanly when torch sees no GPU."""
