@@ -28,7 +28,8 @@ def test_demo_serves_the_default_model_and_streams_chats(tmp_path, monkeypatch, 
     replies = re.findall(r"^assistant: (.*)$", out, flags=re.M)
     assert len(replies) == 2 and all(r.strip() for r in replies)  # text streamed in
     summary = re.search(r"2 streamed chat requests, (\d+) generated tokens in [\d.]+ s: [\d.]+ tokens/s", out)
-    assert summary and int(summary.group(1)) == 10
+    # each reply streams at least one token and at most --max-tokens (sampling may stop at EOS)
+    assert summary and 2 <= int(summary.group(1)) <= 10
     assert out.rstrip().endswith("server stopped")
     # the default model was written once into the cache and is reused
     assert default_model_dir() == tmp_path / DEFAULT_MODEL_NAME

@@ -34,7 +34,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    benches = {"offline": "tideflow.bench.offline", "graph": "tideflow.bench.graph", "serve": "tideflow.bench.serve"}
+    benches = {"offline": "tideflow.bench.offline", "graph": "tideflow.bench.graph", "serve": "tideflow.bench.serve",
+               "kernels": "tideflow.bench.kernels"}
     if not args.rest or args.rest[0] not in benches:
         print(f"usage: tideflow bench {{{','.join(benches)}}} [options]  (--help after the name for its options)", file=sys.stderr)
         return 2
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     serve.set_defaults(func=_serve)
 
-    bench = sub.add_parser("bench", help="benchmarks: `tideflow bench offline|graph --help`", add_help=False)
+    bench = sub.add_parser("bench", help="benchmarks: `tideflow bench offline|graph|serve|kernels --help`", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
 
