@@ -168,12 +168,16 @@ def paged_prefill(
 
 
 def bench_cases() -> list[tuple[str, object, object]]:
-    """(name, kernel, reference): chunked prefill, 4 sequences each computing a 256-token chunk
-    over 768 cached tokens (the second half of a 2048-token step budget), 8 KV heads of 64
-    (GQA 4), float32."""
+    """(name, kernel, reference) for the two uses, 4 sequences, 8 KV heads of 64 (GQA 4),
+    float32: chunked prefill (256-token chunks over 768 cached tokens, half of a 2048-token
+    step) and prefix hits (16 new tokens over 1024 cached)."""
+    return [_bench_case(4, 256, 768, "chunked prefill"), _bench_case(4, 16, 1024, "prefix hit")]
+
+
+def _bench_case(seqs: int, chunk: int, cached: int, label: str) -> tuple[str, object, object]:
     gen = torch.Generator().manual_seed(0)
-    seqs, chunk, cached, kv_heads, heads, dim, block_size = 4, 256, 768, 8, 32, 64, 16
-    per_seq = (cached + chunk) // block_size
+    kv_heads, heads, dim, block_size = 8, 32, 64, 16
+    per_seq = -(-(cached + chunk) // block_size)
     k = torch.randn(seqs * per_seq + 64, block_size, kv_heads, dim, generator=gen)
     v = torch.randn_like(k)
     tables = torch.randperm(k.shape[0], generator=gen)[: seqs * per_seq].view(seqs, per_seq)
@@ -182,5 +186,5 @@ def bench_cases() -> list[tuple[str, object, object]]:
     q = torch.randn(seqs * chunk, heads, dim, generator=gen)
     out = torch.empty_like(q)
     args = (q, k, v, tables, cu, lens, dim**-0.5)
-    return [(f"paged prefill {seqs}x{chunk} over {cached} cached", lambda: paged_prefill(*args, out=out),
-             lambda: paged_prefill_ref(*args))]
+    return (f"paged prefill, {label}: {seqs}x{chunk} over {cached}", lambda: paged_prefill(*args, out=out),
+            lambda: paged_prefill_ref(*args))
