@@ -35,8 +35,9 @@ class CollectorActor:
         return results
 
     async def next(self, request_id: str):
-        """The request's output once it has grown since the last call (RequestOutput or error),
-        or None once the request was cancelled."""
+        """What the request's output gained since the last call, once it has grown: an
+        `OutputDelta` covering every row that arrived meanwhile (the last one finished), an
+        error message, or None once the request was cancelled."""
         while True:
             pending = self.out.pending.get(request_id)
             if pending is None:
@@ -44,12 +45,13 @@ class CollectorActor:
             if pending.dirty:
                 break
             await self._wait(request_id)
-        if self.out.finished(request_id):
-            return self._pop(request_id)
         try:
-            return self.out.snapshot(request_id)
+            delta = self.out.delta(request_id)
         except RequestError as exc:
-            return str(exc)
+            delta = str(exc)
+        if self.out.finished(request_id):  # its last word (a failed request is finished too)
+            self._forget(request_id)
+        return delta
 
     async def fail(self, request_ids: list[str], message: str) -> None:
         """These requests cannot go on (a stage found the replica it sends to dead)."""
@@ -88,6 +90,10 @@ class CollectorActor:
             return
         await event.wait()
         event.clear()
+
+    def _forget(self, rid: str) -> None:
+        self.changed.pop(rid, None)
+        self.out.pending.pop(rid, None)
 
     def _pop(self, rid: str):
         self.changed.pop(rid, None)

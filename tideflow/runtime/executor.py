@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from tideflow.actors.base import StageContext
 from tideflow.actors.router import Router
 from tideflow.outputs import RequestOutput
-from tideflow.runtime.collector import RequestError
+from tideflow.runtime.collector import RequestError, copy_output, empty_output
 from tideflow.runtime.ingress import normalize, request_batch, request_row
 
 NAMESPACE = "tideflow"
@@ -127,25 +127,27 @@ class GraphHandle:
         return results
 
     async def submit(self, prompt, sampling_params=None) -> AsyncIterator[RequestOutput]:
-        """Stream one request: yields its output each time it grows; the last one is finished.
-        Closing the iterator early aborts the request."""
+        """Stream one request: yields its cumulative output (a fresh copy) each time it grows;
+        the last one is finished. The collector sends only what is new (`OutputDelta`), so
+        what crosses Ray per step does not grow with the output. Closing the iterator early
+        aborts the request."""
         (prompt,), (params,) = normalize(prompt, sampling_params)
         (rid,) = self._new_ids(1)
         row = request_row(rid, prompt, params)
         await self.collector.register.remote([(rid, row.get("prompt"), params.n)])
         await asyncio.gather(*self._ingest_refs([row]))
-        finished = False
+        out = empty_output(rid, row.get("prompt"), params.n)
         try:
-            while not finished:
-                out = await self.collector.next.remote(rid)
-                if out is None:  # cancelled meanwhile (abort from elsewhere)
+            while not out.finished:
+                delta = await self.collector.next.remote(rid)
+                if delta is None:  # cancelled meanwhile (abort from elsewhere)
                     return
-                if isinstance(out, str):
-                    raise RequestError(out)
-                finished = out.finished
-                yield out
+                if isinstance(delta, str):
+                    raise RequestError(delta)
+                delta.apply_to(out)
+                yield copy_output(out)
         finally:
-            if not finished:
+            if not out.finished:
                 self.abort(rid)
 
     def abort(self, request_id: str) -> None:

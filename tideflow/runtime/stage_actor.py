@@ -7,6 +7,12 @@ edge. Input moves from the inbox into the role only while the role is `accepting
 inbox blocks `push`, and since producers wait for `push` to return, a slow stage pushes back
 on everything upstream. Nothing is dropped.
 
+Sending is pipelined so that the role's next step overlaps the previous emission's round
+trip: each destination (a downstream replica, or the sink) has at most one push in flight,
+awaited just before the next push to it and before the loop idles. Backpressure still holds,
+one emission later, and batches reach each destination in order, which Ray does not promise
+by itself for threaded or async actors (both ends here are).
+
 Large attachments (prefill's KV) are put in the Ray object store once and travel as object
 references beside the Arrow batch; the receiving replica resolves them (zero-copy numpy on
 the same node).
@@ -18,6 +24,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
 
 from tideflow.actors.base import AbortUpstream, Emission, StageContext, resolve_role
 from tideflow.actors.router import Router
@@ -33,6 +42,17 @@ class Wiring:
     sink: object | None  # the collector, when this stage is the graph's sink
     collector: object = None  # the collector: told of requests that cannot go on (a dead replica downstream)
     block_size: int = 16
+
+
+@dataclass(slots=True)
+class _Push:
+    """A push on its way to one destination."""
+
+    ref: Any  # ObjectRef of the push call: its load, or the receiver's death
+    batch: pa.RecordBatch  # the rows sent: failed explicitly if the receiver turns out dead
+
+
+_SINK = ("", 0)  # the destination key of the sink; downstream replicas are (stage, replica)
 
 
 class StageActor:
@@ -54,6 +74,7 @@ class StageActor:
         self.batches_in = self.batches_out = 0
         self.busy_s = 0.0
         self.handlers = {"abort": self.role.abort}  # control message -> handler
+        self.in_flight: dict[tuple[str, int], _Push] = {}  # destination -> its unawaited push (loop thread only)
 
     # -- called by the executor and by other actors (any thread) ------------------------------
     def connect(self, wiring: Wiring) -> bool:
@@ -106,21 +127,8 @@ class StageActor:
         import ray
 
         role = self.role
-        while True:
-            with self.cv:
-                while not self.stopped and not self.control and not role.has_work() and not (
-                    self.inbox and role.accepting()
-                ):
-                    self.cv.wait()
-                if self.stopped:
-                    break
-                control = list(self.control)
-                self.control.clear()
-                taken = []
-                while self.inbox and role.accepting() and len(taken) < self.inbox_size:
-                    taken.append(self.inbox.popleft())
-                if taken:
-                    self.cv.notify_all()  # room in the inbox: wake blocked producers
+        while (work := self._next_work()) is not None:
+            control, taken = work
             start = time.perf_counter()
             for kind, payload in control:
                 self.handlers[kind](payload)
@@ -133,6 +141,34 @@ class StageActor:
             self._send(items)
         role.close()
 
+    def _idle(self) -> bool:
+        """Nothing to do (the caller holds `cv`)."""
+        role = self.role
+        return not self.stopped and not self.control and not role.has_work() and not (self.inbox and role.accepting())
+
+    def _next_work(self) -> tuple[list, list] | None:
+        """Wait for control messages, input the role accepts, or work already inside it; take
+        them. None once stopped. Before idling, the pushes still in flight are awaited, so a
+        receiver that died is noticed (and its requests failed) even if nothing follows."""
+        with self.cv:
+            idle = self._idle()
+        if idle:
+            self._flush()
+        with self.cv:
+            while self._idle():
+                self.cv.wait()
+            if self.stopped:
+                return None
+            control = list(self.control)
+            self.control.clear()
+            taken = []
+            while self.inbox and self.role.accepting() and len(taken) < self.inbox_size:
+                taken.append(self.inbox.popleft())
+            if taken:
+                self.cv.notify_all()  # room in the inbox: wake blocked producers
+            return control, taken
+
+    # -- sending --------------------------------------------------------------------------------
     def _send(self, items) -> None:
         import ray
 
@@ -145,21 +181,50 @@ class StageActor:
             assert isinstance(item, Emission)
             self.batches_out += 1
             if wiring.sink is not None:
-                ray.get(wiring.sink.push.remote(item.batch))
+                self._settle(_SINK)
+                self.in_flight[_SINK] = _Push(wiring.sink.push.remote(item.batch), item.batch)
                 continue
             refs = {k: ray.put(v) for k, v in item.attachments.items()} if item.attachments else None
-            pending = []
-            for stage, handles in wiring.downstream.items():
-                router = self.routers[stage]
-                for replica, part in router.split(item.batch).items():
-                    pending.append((router, replica, handles[replica].push.remote(part, _subset(refs, part)), part))
-            for router, replica, ref, part in pending:  # wait until accepted: backpressure
-                try:
-                    router.observe_load(replica, ray.get(ref))
-                except ray.exceptions.RayActorError as exc:
-                    router.mark_dead(replica)  # route around it from now on; fail what it was sent
-                    rids = sorted(set(part.column("request_id").to_pylist()))
-                    wiring.collector.fail.remote(rids, f"a downstream replica died: {type(exc).__name__}")
+            for stage in wiring.downstream:
+                self._route(stage, item.batch, refs)
+
+    def _route(self, stage: str, batch: pa.RecordBatch, refs: dict | None) -> None:
+        """Push `batch` to the replicas of `stage` its router picks, each once its previous push
+        was accepted (backpressure, order). Rows picked for a replica that this wait finds dead
+        go to the others, while any lives."""
+        router, handles = self.routers[stage], self.wiring.downstream[stage]
+        for replica, part in router.split(batch).items():
+            if not self._settle((stage, replica)) and len(router.dead) < router.num_replicas:
+                self._route(stage, part, refs)
+                continue
+            self.in_flight[(stage, replica)] = _Push(handles[replica].push.remote(part, _subset(refs, part)), part)
+
+    def _settle(self, destination: tuple[str, int]) -> bool:
+        """Wait for the push in flight to `destination`, if any. False when it found the
+        replica dead: it is routed around from now on and the requests it was sent fail
+        explicitly. The sink's failure is not caught: without it the graph cannot go on."""
+        import ray
+
+        push = self.in_flight.pop(destination, None)
+        if push is None:
+            return True
+        if destination == _SINK:
+            ray.get(push.ref)
+            return True
+        stage, replica = destination
+        router = self.routers[stage]
+        try:
+            router.observe_load(replica, ray.get(push.ref))
+        except ray.exceptions.RayActorError as exc:
+            router.mark_dead(replica)
+            rids = sorted(set(push.batch.column("request_id").to_pylist()))
+            self.wiring.collector.fail.remote(rids, f"a downstream replica died: {type(exc).__name__}")
+            return False
+        return True
+
+    def _flush(self) -> None:
+        for destination in list(self.in_flight):
+            self._settle(destination)
 
 
 def _subset(refs: dict | None, batch) -> dict | None:
