@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.runtime.helpers import reference_allowed
+
 from tideflow.kernels.sampling import _sample_cpu, gumbel, gumbel_ref, row_key, sample, sample_ref, to_int64
 
 
@@ -138,21 +140,10 @@ def _frequencies(logits_row: torch.Tensor, draws: int, **filters) -> np.ndarray:
 
 
 def _allowed(logits_row: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) -> np.ndarray:
-    """The renormalised distribution the filters leave, computed token by token."""
-    probs = torch.softmax(logits_row.double() / temperature, -1).numpy()
-    order = sorted(range(probs.size), key=lambda t: -probs[t])
-    if top_k > 0:
-        order = order[:top_k]
-    total = probs[order].sum()
-    kept, mass = [], 0.0
-    for t in order:
-        if mass >= top_p:
-            break
-        kept.append(t)
-        mass += probs[t] / total
-    kept = [t for t in kept if probs[t] >= min_p * probs[kept[0]]]
-    out = np.zeros_like(probs)
-    out[kept] = probs[kept] / probs[kept].sum()
+    """The renormalised distribution the filters leave, as a dense row."""
+    out = np.zeros(logits_row.numel())
+    for token, prob in reference_allowed(logits_row, temperature, top_k, top_p, min_p).items():
+        out[token] = prob
     return out
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import torch
+
 from tideflow.config import SchedulerConfig
 from tideflow.runtime.kv_cache import BlockManager
 from tideflow.runtime.scheduler import Scheduler
@@ -40,3 +42,22 @@ def run_to_completion(sched, token=7, max_steps=10_000):
         steps.append(batch)
         sched.update(batch, fake_tokens(batch, token))
     raise AssertionError("scheduler did not finish")
+
+
+def reference_allowed(logits, temperature, top_k, top_p, min_p):
+    """Straightforward per-token reference of the filters; returns {token: renormalised prob}."""
+    probs = torch.softmax(logits.double() / temperature, -1).tolist()
+    order = sorted(range(len(probs)), key=lambda t: -probs[t])
+    if top_k > 0:
+        order = order[:top_k]
+    total = sum(probs[t] for t in order)
+    kept, mass = [], 0.0
+    for t in order:
+        if mass >= top_p:
+            break
+        kept.append(t)
+        mass += probs[t] / total
+    pmax = probs[kept[0]]
+    kept = [t for t in kept if probs[t] >= min_p * pmax]
+    z = sum(probs[t] for t in kept)
+    return {t: probs[t] / z for t in kept}

@@ -9,6 +9,8 @@ from tideflow.runtime.sampler import Sampler, apply_penalties, derive_seed
 from tideflow.runtime.sequence import Sequence
 from tideflow.sampling_params import SamplingParams
 
+from .helpers import reference_allowed
+
 VOCAB = 64
 EOS = 3
 
@@ -158,25 +160,6 @@ def test_unseeded_rows_vary_and_sampler_seed_reproduces():
     assert len(set(draws)) > 10
     sampler2 = make_sampler(seed=5)
     assert draws == [sampler2(logits, [make_seq(params)]).token_ids[0] for _ in range(30)]
-
-
-def reference_allowed(logits, temperature, top_k, top_p, min_p):
-    """Straightforward per-token reference of the filters; returns {token: renormalised prob}."""
-    probs = torch.softmax(logits.double() / temperature, -1).tolist()
-    order = sorted(range(len(probs)), key=lambda t: -probs[t])
-    if top_k > 0:
-        order = order[:top_k]
-    total = sum(probs[t] for t in order)
-    kept, mass = [], 0.0
-    for t in order:
-        if mass >= top_p:
-            break
-        kept.append(t)
-        mass += probs[t] / total
-    pmax = probs[kept[0]]
-    kept = [t for t in kept if probs[t] >= min_p * pmax]
-    z = sum(probs[t] for t in kept)
-    return {t: probs[t] / z for t in kept}
 
 
 @pytest.mark.parametrize(
