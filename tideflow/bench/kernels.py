@@ -53,6 +53,7 @@ def run_e2e(num_requests: int, repeats: int = 1) -> dict:
     from transformers import AutoConfig
 
     from tideflow import LLM, SamplingParams
+    from tideflow.config import KERNEL_BACKENDS
     from tideflow.bench.bench_model import default_model_dir
     from tideflow.bench.workloads import mixed_trace
 
@@ -60,7 +61,7 @@ def run_e2e(num_requests: int, repeats: int = 1) -> dict:
     trace = mixed_trace(num_requests, seed=0, vocab_size=AutoConfig.from_pretrained(model).vocab_size)
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in trace]
     params = [SamplingParams(temperature=0, max_tokens=r.max_tokens, ignore_eos=True) for r in trace]
-    engines = {b: LLM(model, dtype="float32", kernel_backend=b) for b in ("auto", "torch")}
+    engines = {b: LLM(model, dtype="float32", kernel_backend=b) for b in KERNEL_BACKENDS}
     for llm in engines.values():  # warm up: JIT, allocator
         llm.generate(prompts[:2], params[:2], use_tqdm=False)
     rates: dict[str, list[float]] = {b: [] for b in engines}

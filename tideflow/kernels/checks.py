@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-BACKENDS = ("auto", "torch")  # "auto": the kernel for the tensors' device; "torch": the reference
+from tideflow.config import KERNEL_BACKENDS as BACKENDS  # "auto": the kernel for the device; "torch": the reference
 
 
 def check_backend(fn: str, backend: str) -> None:

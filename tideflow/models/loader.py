@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from tideflow.config import KERNEL_BACKENDS
+
 if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel
@@ -110,8 +112,8 @@ def load_model(
 
     from tideflow.models.experts import register_experts, use_tideflow_routing
 
-    if kernel_backend not in ("auto", "torch"):
-        raise ValueError(f"kernel_backend must be 'auto' or 'torch', got {kernel_backend!r}")
+    if kernel_backend not in KERNEL_BACKENDS:
+        raise ValueError(f"kernel_backend must be one of {KERNEL_BACKENDS}, got {kernel_backend!r}")
     source = _source(path_or_id, required_file="config.json")
     hf_config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {}
