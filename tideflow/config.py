@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 
 _DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
 KERNEL_BACKENDS = ("auto", "torch")
+# the forward pass: "tideflow" runs tideflow's packed decoder (Llama-pattern architectures),
+# "transformers" the model's own modules with the tideflow attention function, "auto" the
+# first where the model supports it
+MODEL_IMPLS = ("auto", "tideflow", "transformers")
 
 
 @dataclass(frozen=True)
@@ -25,10 +29,13 @@ class ModelConfig:
     max_model_len: int | None = None  # context length; None -> the model config's max_position_embeddings
     seed: int = 0  # seed of the engine's default RNG (requests without their own seed)
     trust_remote_code: bool = False
+    model_impl: str = "auto"  # one of MODEL_IMPLS
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("model must name a model directory or hub id")
+        if self.model_impl not in MODEL_IMPLS:
+            raise ValueError(f"model_impl must be one of {MODEL_IMPLS}, got {self.model_impl!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.max_model_len is not None and self.max_model_len < 1:
@@ -123,6 +130,7 @@ def engine_config(
     kernel_backend: str = "auto",
     device: str = "cpu",
     trust_remote_code: bool = False,
+    model_impl: str = "auto",
 ) -> EngineConfig:
     """The root config from the flat keyword options users pass to `LLM(...)` and to graphs.
     Unknown options raise TypeError naming them."""
@@ -130,7 +138,7 @@ def engine_config(
         # without chunking a whole prompt must fit one step
         max_num_batched_tokens = 2048 if enable_chunked_prefill else max(2048, max_model_len or _config_len(model))
     return EngineConfig(
-        model=ModelConfig(model, tokenizer, dtype, max_model_len, seed, trust_remote_code),
+        model=ModelConfig(model, tokenizer, dtype, max_model_len, seed, trust_remote_code, model_impl),
         cache=CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, enable_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill),
         parallel=ParallelConfig(device),

@@ -54,6 +54,9 @@ MODES = {
     "whole": dict(enable_chunked_prefill=False, enable_prefix_caching=False, max_num_batched_tokens=1024),
     "preempt": dict(enable_prefix_caching=True, max_num_batched_tokens=256, num_kv_blocks=40, block_size=16),
     "torch-kernels": dict(kernel_backend="torch", max_num_batched_tokens=96),  # the kernels' references
+    # transformers' own modules calling the tideflow attention function (the default is
+    # tideflow's packed decoder, `tideflow.models.packed_decoder`)
+    "transformers-forward": dict(model_impl="transformers", max_num_batched_tokens=96),
 }
 
 
@@ -67,6 +70,7 @@ def test_greedy_tokens_equal_hf_generate(case, mode):
     for i, (g, r) in enumerate(zip(got, reference)):
         assert g == r, f"prompt {i} ({len(prompts[i])} tokens): engine {g} != HF {r}"
     engine = llm.engine
+    assert (engine.runner.packed is None) == (mode == "transformers-forward")
     if mode == "preempt":
         assert engine.scheduler.num_preemptions > 0
     if "prefix" in mode:

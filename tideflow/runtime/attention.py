@@ -100,22 +100,18 @@ def _fresh_prefill(q, k, v, start: int, length: int, scale: float, window: int) 
     return out.transpose(0, 1)
 
 
-def make_attention(kernels: AttentionKernels, fallback: AttentionKernels):
-    """An attention function for transformers running `kernels`, or `fallback` for half types on
-    CPU, where the numba kernels cannot compute (numba has no half types)."""
+def make_attend(kernels: AttentionKernels, fallback: AttentionKernels):
+    """`attend(q, k, v, layer, meta, scaling, window) -> out`, all `[T, heads, head_dim]`:
+    write the step's K/V into layer `layer` of the paged cache, then attend every row of the
+    packed batch. Runs `kernels`, or `fallback` for half types on CPU, where the numba kernels
+    cannot compute (numba has no half types)."""
 
-    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None, **kwargs):
-        meta: AttentionMetadata = kwargs["tideflow_meta"]
-        layer = module.layer_idx
-        window = int(sliding_window or 0)
-        ops = fallback if query.device.type == "cpu" and query.dtype not in _CPU_DTYPES else kernels
-        q = query[0].transpose(0, 1)  # [T, H, D]
-        k = key[0].transpose(0, 1)  # [T, Hkv, D]
-        v = value[0].transpose(0, 1)
+    def attend(q, k, v, layer: int, meta: AttentionMetadata, scaling: float, window: int) -> torch.Tensor:
+        ops = fallback if q.device.type == "cpu" and q.dtype not in _CPU_DTYPES else kernels
         cache = meta.kv_cache
         ops.write(k, v, cache.k[layer], cache.v[layer], meta.slot_mapping)
         k_blocks, v_blocks = cache.blocks(layer)
-        out = torch.empty_like(q)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         for group in meta.decode_groups:
             out[group.token_idx] = ops.decode(
                 q[group.token_idx], k_blocks, v_blocks, group.block_tables, group.context_lens, scaling, window
@@ -126,6 +122,18 @@ def make_attention(kernels: AttentionKernels, fallback: AttentionKernels):
             )
         for start, length in meta.fresh_prefills:
             out[start : start + length] = _fresh_prefill(q, k, v, start, length, scaling, window)
+        return out
+
+    return attend
+
+
+def make_attention(kernels: AttentionKernels, fallback: AttentionKernels):
+    """The attention function transformers calls per layer, over `make_attend`."""
+    attend = make_attend(kernels, fallback)
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None, **kwargs):
+        q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, heads, D]
+        out = attend(q, k, v, module.layer_idx, kwargs["tideflow_meta"], scaling, int(sliding_window or 0))
         return out.unsqueeze(0), None  # [1, T, H, D]
 
     return attention
@@ -155,6 +163,11 @@ def attention_kernels(backend: str) -> AttentionKernels:
     if backend not in BACKENDS:
         raise ValueError(f"kernel_backend must be one of {sorted(BACKENDS)}, got {backend!r}")
     return BACKENDS[backend]()
+
+
+def attend_function(backend: str = DEFAULT_BACKEND):
+    """The backend's `attend` (see `make_attend`), for model code that calls attention directly."""
+    return make_attend(attention_kernels(backend), fallback=_reference_kernels())
 
 
 def register_attention(backend: str = DEFAULT_BACKEND) -> str:

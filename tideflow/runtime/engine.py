@@ -20,7 +20,7 @@ class Engine:
         import torch
 
         from tideflow.models.loader import eos_token_ids, load_model, load_tokenizer, model_max_len, uniform_sliding_window
-        from tideflow.runtime.attention import PagedKVCache, attention_kernels, register_attention
+        from tideflow.runtime.attention import PagedKVCache, attend_function, attention_kernels, register_attention
         from tideflow.runtime.detokenizer import Detokenizer
         from tideflow.runtime.kv_cache import BlockManager
         from tideflow.runtime.model_runner import ModelRunner
@@ -69,6 +69,7 @@ class Engine:
         self.runner = ModelRunner(
             self.model, kv_cache, sampler, device=config.parallel.device,
             decode_group_rows=attention_kernels(config.kernel_backend).decode_group_rows,
+            packed=_packed_decoder(self.model, mc.model_impl, attend_function(config.kernel_backend)),
         )
         self.requests: dict[str, Request] = {}
         torch.manual_seed(mc.seed)
@@ -168,6 +169,20 @@ class Engine:
         batch = self.scheduler.schedule()
         output = self.runner.execute(batch)
         return self.scheduler.update(batch, output)
+
+
+def _packed_decoder(model, model_impl: str, attend):
+    """tideflow's own forward of `model` as `model_impl` asks (None: transformers' forward)."""
+    from tideflow.models.packed_decoder import PackedDecoder, unsupported_reason
+
+    if model_impl == "transformers":
+        return None
+    reason = unsupported_reason(model)
+    if reason is None:
+        return PackedDecoder(model, attend)
+    if model_impl == "tideflow":
+        raise ValueError(f"model_impl='tideflow' cannot run this model: {reason}")
+    return None
 
 
 def _generation_config(path: str):

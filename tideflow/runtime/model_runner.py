@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tideflow.models.packed_decoder import PackedDecoder
 from tideflow.runtime.attention import AttentionMetadata, DecodeGroup, PagedKVCache, PagedPrefill
 from tideflow.runtime.batch import ScheduledBatch
 from tideflow.runtime.kv_cache import RELEASED
@@ -20,10 +21,14 @@ _EMPTY = SamplerOutput(token_ids=[], logprobs=[])
 
 class ModelRunner:
     def __init__(
-        self, model, kv_cache: PagedKVCache, sampler: Sampler, device: str = "cpu", decode_group_rows: int | None = None
+        self, model, kv_cache: PagedKVCache, sampler: Sampler, device: str = "cpu", decode_group_rows: int | None = None,
+        packed: PackedDecoder | None = None,
     ):
-        """`decode_group_rows`: decode rows attended per call, sorted by context length (None: all at once)."""
+        """`decode_group_rows`: decode rows attended per call, sorted by context length (None: all at once).
+        `packed`: tideflow's own forward of `model` (None: transformers' forward with the
+        `tideflow` attention function)."""
         self.model = model
+        self.packed = packed
         self.decode_group_rows = decode_group_rows
         self.kv_cache = kv_cache
         self.sampler = sampler
@@ -33,18 +38,10 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> SamplerOutput:
         if not batch.seqs:
             return _EMPTY
-        input_ids, positions, meta, sample_idx = self.prepare(batch)
-        with torch.inference_mode():
-            out = self.model(
-                input_ids=input_ids,
-                position_ids=positions,
-                tideflow_meta=meta,
-                use_cache=False,
-                logits_to_keep=sample_idx,
-            )
-        if sample_idx.numel() == 0:
+        logits = self.forward_only(batch)
+        if logits.shape[0] == 0:
             return _EMPTY
-        return self.sampler(out.logits[0], batch.sampled_seqs)
+        return self.sampler(logits, batch.sampled_seqs)
 
     def read_kv(self, block_table: list[int], num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """The K and V of a sequence's first `num_tokens` tokens: [layers, tokens, kv_heads, head_dim]
@@ -113,15 +110,21 @@ class ModelRunner:
         )
 
     def forward_only(self, batch: ScheduledBatch) -> torch.Tensor:
-        """The forward pass without sampling (benchmarks measure engine overhead against it)."""
+        """The logits of the rows that sample, [rows, vocab]: the forward pass without sampling
+        (benchmarks also measure engine overhead against it)."""
         input_ids, positions, meta, sample_idx = self.prepare(batch)
+        if self.packed is not None:
+            return self.packed(input_ids, positions, meta, sample_idx)
         with torch.inference_mode():
-            return self.model(
-                input_ids=input_ids, position_ids=positions, tideflow_meta=meta, use_cache=False, logits_to_keep=sample_idx
-            ).logits
+            out = self.model(
+                input_ids=input_ids[None], position_ids=positions[None], tideflow_meta=meta, use_cache=False,
+                logits_to_keep=sample_idx,
+            )
+        return out.logits[0]
 
     def prepare(self, batch: ScheduledBatch):
-        """Packed inputs and attention metadata of one step, built with array ops per token."""
+        """Packed inputs of one step: input ids [T], positions [T], the attention metadata and
+        the rows to compute logits at; built with array ops per token."""
         bs = self.block_size
         num_new = np.asarray(batch.num_new_tokens, dtype=np.int64)
         computed = np.asarray(batch.num_computed_tokens, dtype=np.int64)
@@ -149,5 +152,5 @@ class ModelRunner:
             fresh_prefills=[(int(cu[i]), int(num_new[i])) for i in np.flatnonzero((num_new > 1) & (computed == 0))],
         )
         sample_idx = torch.from_numpy(cu[1:][np.asarray(batch.sample, dtype=bool)] - 1).to(dev)
-        input_ids = torch.tensor(ids, dtype=torch.int64, device=dev).unsqueeze(0)
-        return input_ids, torch.from_numpy(positions).to(dev).unsqueeze(0), meta, sample_idx
+        input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)
+        return input_ids, torch.from_numpy(positions).to(dev), meta, sample_idx
