@@ -68,3 +68,18 @@ def test_docs_walk_through_up_serve_request_down():
     positions = [text.find(s) for s in steps]
     assert all(p >= 0 for p in positions), dict(zip(steps, positions))
     assert positions == sorted(positions)
+
+
+def test_the_gpu_graph_fits_the_cluster_and_not_a_cpu_one(config):
+    """examples/gpu_graph.yaml (the graph docs/cluster.md serves) compiles against the nodes
+    cluster.yaml can start, and is refused where no node has the GPU resources it names."""
+    from tideflow.graphs import Graph
+
+    graph = Graph.from_yaml(ROOT / "examples" / "gpu_graph.yaml")
+    types = config["available_node_types"]
+    head = {"CPU": 8, **types[config["head_node_type"]]["resources"]}
+    workers = [dict(t["resources"]) for name, t in types.items() if name != config["head_node_type"] for _ in range(t["max_workers"])]
+    compiled = graph.compile(cluster=[head, *workers])
+    assert compiled is not None
+    with pytest.raises(ValueError, match="gpu_node|GPU"):
+        graph.compile(cluster=[head])
