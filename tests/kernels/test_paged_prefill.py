@@ -11,12 +11,13 @@ from tests.kernels.paged_cases import block_tables, paged_cache, queries
 from tideflow.kernels.paged_prefill import paged_prefill, paged_prefill_ref, prefill_tiles
 
 
-def _case(rng, dtype, gqa, head_dim, block_size=16, num_blocks=96):
+def _case(rng, dtype, gqa, head_dim, block_size=16, num_blocks=128):
     kv_heads = 2
     k, v = paged_cache(rng, dtype, kv_heads, head_dim, block_size, num_blocks)
-    # a fresh prompt (nothing cached), a one-token chunk, a prefix hit, and long chunks
-    q_lens = np.array([37, 1, 20, 45, 2])
-    cached = np.array([0, 50, 32, rng.integers(1, 60), rng.integers(1, 60)])
+    # a fresh prompt (nothing cached), a one-token chunk, a prefix hit, and long chunks; the
+    # last one is long enough (>= SDPA_MIN_ROWS) for the gather + SDPA path
+    q_lens = np.array([37, 1, 20, 45, 2, 70])
+    cached = np.array([0, 50, 32, rng.integers(1, 60), rng.integers(1, 60), rng.integers(1, 60)])
     context = cached + q_lens
     tables = block_tables(rng, context, block_size, num_blocks)
     cu = torch.from_numpy(np.concatenate([[0], np.cumsum(q_lens)]))
@@ -37,6 +38,21 @@ def test_matches_reference(gqa, head_dim, dtype, rtol, window):
     got = paged_prefill(q, k, v, tables, cu, ctx, scale, window, out=out)
     assert got is out and not torch.isnan(got).any()
     torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("window", [0, 19])
+def test_long_chunks_take_sdpa_and_agree_with_the_loop(monkeypatch, window):
+    """Sequences with SDPA_MIN_ROWS query rows or more go to gather + SDPA, the rest to the
+    numba loop, in one call; forcing every row through the loop gives the same output."""
+    import tideflow.kernels.paged_prefill as pp
+
+    assert pp.SDPA_MIN_ROWS <= 70 < 2 * pp.SDPA_MIN_ROWS
+    rng = np.random.default_rng()
+    q, k, v, tables, cu, ctx = _case(rng, torch.float64, 4, 64)
+    mixed = paged_prefill(q, k, v, tables, cu, ctx, 0.125, window, out=torch.full_like(q, float("nan")))
+    monkeypatch.setattr(pp, "SDPA_MIN_ROWS", 10**9)
+    looped = paged_prefill(q, k, v, tables, cu, ctx, 0.125, window, out=torch.full_like(q, float("nan")))
+    torch.testing.assert_close(mixed, looped, rtol=1e-12, atol=1e-12)
 
 
 def test_a_fresh_prompt_equals_causal_attention():
