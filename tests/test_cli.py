@@ -1,5 +1,5 @@
-"""The command line: `tideflow demo` serves the default model and streams chats through it end
-to end; `tideflow serve` serves until SIGTERM and then shuts down cleanly."""
+"""The command line: `tideflow demo` serves the default model and streams greedy completions
+through it end to end; `tideflow serve` serves until SIGTERM and then shuts down cleanly."""
 
 from __future__ import annotations
 
@@ -17,23 +17,33 @@ import pytest
 from tideflow.cli import main
 
 
-def test_demo_serves_the_default_model_and_streams_chats(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("TIDEFLOW_CACHE_DIR", str(tmp_path))
+def test_demo_serves_the_default_model_and_streams_greedy_completions(capsys):
     assert main(["demo", "--num-requests", "2", "--max-tokens", "5"]) == 0
     out = capsys.readouterr().out
+    from tideflow import LLM, SamplingParams
+    from tideflow.demo import DEMO_PROMPTS
     from tideflow.models.default import DEFAULT_MODEL_NAME, default_model_dir
 
     assert f"model {DEFAULT_MODEL_NAME!r} served at http://127.0.0.1:" in out
-    assert out.count("user: ") == 2 and out.count("assistant: ") == 2
-    replies = re.findall(r"^assistant: (.*)$", out, flags=re.M)
-    assert len(replies) == 2 and all(r.strip() for r in replies)  # text streamed in
-    summary = re.search(r"2 streamed chat requests, (\d+) generated tokens in [\d.]+ s: [\d.]+ tokens/s", out)
-    # each reply streams at least one token and at most --max-tokens (sampling may stop at EOS)
-    assert summary and 2 <= int(summary.group(1)) <= 10
+    # each prompt is announced, then printed as is and followed by the engine's greedy text
+    llm = LLM(str(default_model_dir()), dtype="float32")
+    greedy = llm.generate(DEMO_PROMPTS[:2], SamplingParams(temperature=0.0, max_tokens=5), use_tqdm=False)
+    rule = "-" * 72
+    for i, (prompt, expected) in enumerate(zip(DEMO_PROMPTS, greedy)):
+        assert f"{rule}\nprompt {i + 1}: {prompt!r}\n{rule}\n{prompt}{expected.outputs[0].text}\n{rule}\n" in out
+    assert "prompt 3:" not in out
+    summary = re.search(r"2 streamed greedy completions, (\d+) generated tokens in [\d.]+ s: [\d.]+ tokens/s", out)
+    assert summary and int(summary.group(1)) == sum(len(g.outputs[0].token_ids) for g in greedy)
     assert out.rstrip().endswith("server stopped")
-    # the default model was written once into the cache and is reused
-    assert default_model_dir() == tmp_path / DEFAULT_MODEL_NAME
-    assert (tmp_path / DEFAULT_MODEL_NAME / "model.safetensors").exists()
+
+
+def test_demo_rejects_bad_counts_before_starting_anything():
+    from tideflow.demo import run_demo
+
+    with pytest.raises(ValueError, match="num_requests and max_tokens must be at least 1, got 0 and 5"):
+        run_demo(num_requests=0, max_tokens=5)
+    with pytest.raises(ValueError, match="got 2 and -1"):
+        run_demo(num_requests=2, max_tokens=-1)
 
 
 def test_serve_runs_until_sigterm_then_shuts_down(tiny_model_dir, tmp_path):

@@ -1,45 +1,32 @@
-"""The embedded default model used by `tideflow demo` when no model is named.
+"""The embedded default model used by `tideflow demo` and `tideflow serve` when no model is named.
 
-A small Llama-style model with random weights, written on first use into the cache
-directory (see `tideflow.envs.cache_dir`) through the same checkpoint format a real model
-has, so the demo exercises the real loading path.
+A ~4M-parameter Llama trained on the Python standard library's source by
+`tools/train_demo_model.py`; it ships inside the package (`tideflow/models/demo_model/`:
+config, bfloat16 safetensors, tokenizer, and a model card, README.md, that says how it was
+trained). It writes text that reads like Python code and docstrings, so a newcomer can tell a
+working runtime from a broken one. It loads through the same path as any checkpoint.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
-import tempfile
 
-DEFAULT_MODEL_NAME = "tideflow-default-llama-v1"
-DEFAULT_CONFIG = dict(
-    hidden_size=256,
-    intermediate_size=688,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    max_position_embeddings=2048,
-)
+DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parent / "demo_model"
+DEFAULT_MODEL_NAME = DEFAULT_MODEL_DIR.name  # what the server calls it (its directory's name)
+_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 def default_model_dir() -> pathlib.Path:
-    """The default model's directory, written once (atomically) if missing."""
-    from tideflow.envs import cache_dir
-    from tideflow.models.testing import write_tiny_model
+    """The shipped default model's directory.
 
-    target = cache_dir() / DEFAULT_MODEL_NAME
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".default-", dir=target.parent))
-    try:
-        write_tiny_model("llama", tmp, seed=0, **DEFAULT_CONFIG)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    Raises FileNotFoundError naming the missing file when the install lacks the model
+    (e.g. a source tree whose weights were not checked out); `tools/train_demo_model.py`
+    writes it again.
+    """
+    for name in _REQUIRED_FILES:
+        if not (DEFAULT_MODEL_DIR / name).is_file():
+            raise FileNotFoundError(
+                f"the embedded default model has no {name} in {DEFAULT_MODEL_DIR}; reinstall tideflow "
+                f"or run `python tools/train_demo_model.py --output-dir {DEFAULT_MODEL_DIR}`"
+            )
+    return DEFAULT_MODEL_DIR
