@@ -44,7 +44,6 @@ from tideflow.models.testing import (  # noqa: E402
     IM_START_TOKEN,
     PAD_ID,
     PAD_TOKEN,
-    SPECIAL_TOKENS,
 )
 
 MODEL_NAME = "tideflow-demo-stdlib-llama"
@@ -83,21 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train_tokenizer(docs: list[str], vocab_size: int):
-    """A byte-level BPE tokenizer (`tokenizers.Tokenizer`) trained on `docs`; the special
-    tokens of `tideflow.models.testing` come first, so their ids match the test models'."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer trained on `docs`, built as the test models' tokenizer is
+    (same special tokens, same ids)."""
+    from tideflow.models.testing import train_bpe_tokenizer
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(docs, trainer=trainer)
-    return tokenizer
+    return train_bpe_tokenizer(docs, vocab_size)
 
 
 def fast_tokenizer(tokenizer, model_max_length: int):

@@ -111,22 +111,28 @@ def _corpus() -> list[str]:
     return docs
 
 
-@functools.cache
-def tokenizer_json() -> str:
-    """The trained tokenizer, serialized as a `tokenizer.json` string (cached per process)."""
+def train_bpe_tokenizer(docs, vocab_size: int):
+    """A byte-level BPE tokenizer (`tokenizers.Tokenizer`) trained on `docs`, with
+    `SPECIAL_TOKENS` first so their ids are the same in every tokenizer tideflow builds."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
-    return tokenizer.to_str()
+    tokenizer.train_from_iterator(docs, trainer=trainer)
+    return tokenizer
+
+
+@functools.cache
+def tokenizer_json() -> str:
+    """The trained tokenizer, serialized as a `tokenizer.json` string (cached per process)."""
+    return train_bpe_tokenizer(_corpus(), TOKENIZER_VOCAB_SIZE).to_str()
 
 
 def _tokenizer_size() -> int:
