@@ -1,4 +1,4 @@
-"""`tideflow demo | serve | bench | graph`: the command-line entry points (more subcommands join as they land)."""
+"""`tideflow demo | serve | batch | bench | graph | replay`: the command-line entry points (more subcommands join as they land)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,38 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from tideflow import SamplingParams
+    from tideflow.batch import run_job
+
+    engine_options = {k: v for k, v in (("dtype", args.dtype), ("max_model_len", args.max_model_len)) if v is not None}
+    try:
+        try:
+            concurrency = tuple(int(c) for c in args.concurrency.split(","))
+        except ValueError:
+            raise ValueError(f"--concurrency: expected N or MIN,MAX, got {args.concurrency!r}") from None
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        if args.address is not None:
+            import ray
+
+            ray.init(address=args.address, log_to_driver=False)
+        summary = run_job(
+            args.input, args.output, args.model, prompt_column=args.prompt_column, messages_column=args.messages_column,
+            id_column=args.id_column, sampling_params=params, max_tokens_column=args.max_tokens_column,
+            concurrency=concurrency[0] if len(concurrency) == 1 else concurrency, batch_size=args.batch_size,
+            batches_per_actor=args.batches_per_actor, engine_options=engine_options, num_cpus=args.num_cpus,
+            num_gpus=args.num_gpus,
+        )
+    except ValueError as exc:  # bad arguments or input, found before generation starts
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     benches = {"offline": "tideflow.bench.offline", "graph": "tideflow.bench.graph", "serve": "tideflow.bench.serve",
-               "kernels": "tideflow.bench.kernels"}
+               "kernels": "tideflow.bench.kernels", "batch": "tideflow.bench.batch"}
     if not args.rest or args.rest[0] not in benches:
         print(f"usage: tideflow bench {{{','.join(benches)}}} [options]  (--help after the name for its options)", file=sys.stderr)
         return 2
@@ -61,6 +90,40 @@ def _graph(args: argparse.Namespace) -> int:
     else:
         print(f"graph {compiled.name!r} is valid: {len(compiled.stages)} stage(s), {len(compiled.edges)} edge(s)")
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from tideflow.runtime.replay import graph_from_arg, read_log, replay
+
+    try:
+        meta, records = read_log(args.log_dir)
+        graph = graph_from_arg(args.graph, args.model or meta.get("model"), args.dtype)
+        if args.ray:
+            handle = graph.deploy(recovery=False)
+            try:
+                diffs = replay(records, handle.generate)
+            finally:
+                handle.shutdown()
+        else:
+            compiled = graph.compile()
+            diffs = replay(records, lambda prompts, params: _run_inprocess(compiled, prompts, params))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"replayed {len(records)} request(s) against graph {graph.name!r}: {len(diffs)} differ")
+    for d in diffs:
+        if d.replayed is None:
+            print(f"  {d.request_id}: failed: {d.error}")
+        else:
+            first = next((i for i, (a, b) in enumerate(zip(d.recorded[0], d.replayed[0])) if a != b), None)
+            print(f"  {d.request_id}: recorded {len(d.recorded[0])} tokens, replayed {len(d.replayed[0])}; first difference at {first}")
+    return 1 if diffs else 0
+
+
+def _run_inprocess(compiled, prompts, params):
+    from tideflow.runtime.inprocess import run_graph
+
+    return run_graph(compiled, prompts, params)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +152,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     serve.set_defaults(func=_serve)
 
-    bench = sub.add_parser("bench", help="benchmarks: `tideflow bench offline|graph|serve|kernels --help`", add_help=False)
+    batch = sub.add_parser("batch", help="generate for every row of parquet/jsonl/csv files with Ray Data; writes parquet")
+    batch.add_argument("--input", required=True, help="a parquet, jsonl or csv file, a directory of them, or a glob")
+    batch.add_argument("--output", required=True, help="output directory; a rerun on it skips the rows already written")
+    batch.add_argument("--model", required=True, help="model directory")
+    text = batch.add_mutually_exclusive_group()
+    text.add_argument("--prompt-column", default=None, help="column of prompt text or token ids (default: prompt)")
+    text.add_argument("--messages-column", default=None, help="column of chat conversations ([{role, content}, ...])")
+    batch.add_argument("--id-column", default="row_id", help="column that keys rows (default: added as file:index)")
+    batch.add_argument("--max-tokens", type=int, default=256)
+    batch.add_argument("--max-tokens-column", default=None, help="column of per-row max_tokens (null: --max-tokens)")
+    batch.add_argument("--temperature", type=float, default=0.0, help="default 0 (greedy): reruns give the same text")
+    batch.add_argument("--top-p", type=float, default=1.0)
+    batch.add_argument("--seed", type=int, default=None, help="sampling seed; each row's is derived from it and its id")
+    batch.add_argument("--batch-size", type=int, default=64, help="rows per actor call")
+    batch.add_argument("--batches-per-actor", type=int, default=2, help="batches in flight per actor, sharing its engine")
+    batch.add_argument("--concurrency", default="1", help="actors: N, or MIN,MAX to autoscale")
+    batch.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor")
+    batch.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
+    batch.add_argument("--dtype", default=None, help="engine dtype: auto | float32 | float64 | bfloat16 | float16")
+    batch.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    batch.add_argument("--address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or a local instance)")
+    batch.set_defaults(func=_batch)
+
+    bench = sub.add_parser("bench", help="benchmarks: `tideflow bench offline|graph|serve|kernels|batch --help`", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
 
@@ -102,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         help='nodes to check resources against, as JSON: \'[{"CPU": 8, "GPU": 1}]\' (default: this machine)',
     )
     graph.set_defaults(func=_graph)
+
+    rep = sub.add_parser("replay", help="run a recorded request log against a graph; report the requests whose outputs differ")
+    rep.add_argument("log_dir", help="a directory written by deploy(request_log=...)")
+    rep.add_argument("--graph", default="colocated", help="colocated | disaggregated | a graph YAML file")
+    rep.add_argument("--model", default=None, help="model directory (default: the one the log recorded)")
+    rep.add_argument("--dtype", default=None, help="engine dtype for the model stages")
+    rep.add_argument("--ray", action="store_true", help="deploy the graph on Ray (default: run it in-process)")
+    rep.set_defaults(func=_replay)
     return parser
 
 

@@ -80,10 +80,16 @@ class ParallelConfig:
     """Where it runs (one process for the in-process engine)."""
 
     device: str = "cpu"  # torch device of the model runner
+    # ranks that each hold 1/k of the model (attention heads, MLP and expert columns); k > 1
+    # starts k - 1 Ray actors beside the engine's own process (tideflow.runtime.sharded_runner)
+    tensor_parallel_size: int = 1
 
     def __post_init__(self):
         if not self.device:
             raise ValueError("device must be set")
+        tp = self.tensor_parallel_size
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+            raise ValueError(f"tensor_parallel_size must be a positive integer, got {tp!r}")
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,7 @@ def engine_config(
     device: str = "cpu",
     trust_remote_code: bool = False,
     model_impl: str = "auto",
+    tensor_parallel_size: int = 1,
 ) -> EngineConfig:
     """The root config from the flat keyword options users pass to `LLM(...)` and to graphs.
     Unknown options raise TypeError naming them."""
@@ -141,7 +148,7 @@ def engine_config(
         model=ModelConfig(model, tokenizer, dtype, max_model_len, seed, trust_remote_code, model_impl),
         cache=CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, enable_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill),
-        parallel=ParallelConfig(device),
+        parallel=ParallelConfig(device, tensor_parallel_size),
         kernel_backend=kernel_backend,
     )
 

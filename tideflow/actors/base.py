@@ -84,6 +84,16 @@ class StageRole(ABC):
     def stats(self) -> dict:
         return {}
 
+    def snapshot(self) -> dict:
+        """The role's state as plain data (msgpack-able): what `restore` needs to continue
+        from this point. Taken between steps, on a checkpoint barrier. Mutates nothing."""
+        return {}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `snapshot` of a role of the same class (on a fresh instance, after
+        a crash). Inputs that arrive again afterwards (replayed from the log) must be
+        recognised and dropped if the state already holds them."""
+
     def close(self) -> None:
         """Release resources; called once at shutdown."""
 

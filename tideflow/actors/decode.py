@@ -1,7 +1,11 @@
 """The Decode role: adopts prefilled sequences with their KV into its own paged cache and
 runs continuous batching over them, streaming new tokens every step. A sequence that cannot
 be adopted yet (no free blocks or slots) waits with its KV; one preempted later is recomputed
-by this engine from its tokens."""
+by this engine from its tokens.
+
+A sequence that arrives without its KV (replayed from the input log after a crash) or comes
+back from a snapshot is recomputed from its tokens (re-prefill) by default; with the stage
+option `checkpoint_kv` a snapshot carries each sequence's K/V and restoring adopts it."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from tideflow.actors.base import Emission, StageContext, StageRole
 from tideflow.actors.engine import build_engine, capacity, engine_stats
 from tideflow.actors.prefill import kv_key
 from tideflow.actors.rows import TokenStream, decode_logprobs, error_row, to_batch
+from tideflow.actors.state import KeyMemory, kv_from_state, restore_stream, seq_from_state, seq_state, stream_state
 from tideflow.graphs import schemas
 from tideflow.runtime.sequence import Sequence, SequenceStatus
 
@@ -31,11 +36,18 @@ class Decode(StageRole):
         self.ready: list[dict] = []  # rows to send before the next step
         self.pending: deque[tuple[Sequence, tuple]] = deque()  # prefilled, waiting for blocks
         self.seqs: dict[tuple[str, int], Sequence] = {}  # (request_id, index) -> live sequence
+        self.done = KeyMemory()  # (request_id, index) finished here: replayed rows are dropped
+        self.checkpoint_kv = bool(context.options.get("checkpoint_kv", False))
+
+    def _known(self, key: tuple[str, int]) -> bool:
+        return key in self.seqs or key in self.done or any((s.request_id, s.index) == key for s, _ in self.pending)
 
     def push(self, batch: pa.RecordBatch, attachments=None) -> None:
         replica = self.context.replica
         for row in batch.to_pylist():
             rid, index = row["request_id"], row["index"]
+            if self._known((rid, index)):
+                continue  # a replayed or retried input this replica already holds
             if row["error"]:
                 self.ready.append(error_row(rid, row["error"], replica))
                 continue
@@ -49,9 +61,20 @@ class Decode(StageRole):
                 seq.status = SequenceStatus.FINISHED
                 seq.finish_reason, seq.stop_reason = row["finish_reason"], row["stop_token_id"]
                 self.ready += self.stream.rows([seq])
+                self.done.add((rid, index))
                 continue
             seq.sampling_seed = row["sampling_seed"]
-            self.pending.append((seq, attachments[kv_key(rid, index)]))
+            kv = (attachments or {}).get(kv_key(rid, index))
+            if kv is None:  # replayed without its KV: recompute it from the tokens
+                self.ready += self.stream.rows([seq])  # the first token, sampled by prefill
+                self._recompute(seq)
+            else:
+                self.pending.append((seq, kv))
+
+    def _recompute(self, seq: Sequence) -> None:
+        seq.num_computed_tokens = 0
+        self.core.scheduler.add(seq)
+        self.seqs[(seq.request_id, seq.index)] = seq
 
     def poll(self) -> list[Emission]:
         rows, self.ready = self.ready, []
@@ -70,6 +93,7 @@ class Decode(StageRole):
             for seq in produced:
                 if seq.finished:
                     self.seqs.pop((seq.request_id, seq.index), None)
+                    self.done.add((seq.request_id, seq.index))
         return [Emission(to_batch(rows, self.produces))] if rows else []
 
     def has_work(self) -> bool:
@@ -90,9 +114,49 @@ class Decode(StageRole):
         self.core.scheduler.abort(victims)
         for seq in victims:
             del self.seqs[(seq.request_id, seq.index)]
+            self.done.add((seq.request_id, seq.index))
         for rid, index in targets:
             self.stream.forget(rid, index)
 
     def stats(self) -> dict:
         return {**engine_stats(self.core), "num_pending_adoption": len(self.pending)}
+
+    def snapshot(self) -> dict:
+        """Live sequences by their tokens (plus K/V with `checkpoint_kv`); those still waiting
+        for adoption too, so that nothing prefill handed over is lost."""
+        runner = self.core.runner
+        live = [
+            seq_state(s, runner.read_kv(s.block_table, s.num_computed_tokens) if self.checkpoint_kv and s.num_computed_tokens else None)
+            for s in self.seqs.values()
+        ]
+        waiting = [seq_state(s, kv if self.checkpoint_kv else None) for s, kv in self.pending]
+        return {
+            "seqs": live + waiting,
+            "stream": stream_state(self.stream),
+            "ready": list(self.ready),
+            "done": self.done.state(),
+        }
+
+    def restore(self, state: dict) -> None:
+        restore_stream(self.stream, state["stream"])
+        self.ready = list(state["ready"])
+        self.done.restore(state["done"])
+        for s in state["seqs"]:
+            seq, kv = seq_from_state(s), kv_from_state(s)
+            key = (seq.request_id, seq.index)
+            if key not in self.stream.sent and kv is None:  # never adopted: its first token was not sent
+                self.ready += self.stream.rows([seq])
+            if kv is not None and key not in self.stream.sent:
+                self.pending.append((seq, kv))
+            elif kv is not None:
+                self._adopt_restored(seq, kv)
+            else:
+                self._recompute(seq)
+
+    def _adopt_restored(self, seq: Sequence, kv: tuple) -> None:
+        """A live sequence restored with its K/V: adopted now, or recomputed if it does not fit."""
+        if self.core.adopt(seq, *kv):
+            self.seqs[(seq.request_id, seq.index)] = seq
+        else:
+            self._recompute(seq)
 

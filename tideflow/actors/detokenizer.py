@@ -138,3 +138,30 @@ class Detokenizer(StageRole):
             for key in [k for k in self.live if k[0] == rid and index in (None, k[1])]:
                 del self.live[key]
                 self.finished[key] = None
+
+    def snapshot(self) -> dict:
+        live = []
+        for (rid, index), c in self.live.items():
+            seq = c.seq
+            live.append({
+                "request_id": rid, "index": index, "token_ids": list(seq.token_ids),
+                "num_prompt_tokens": seq.num_prompt_tokens, "params": schemas.params_to_row(seq.params),
+                "output_text": seq.output_text, "prefix_offset": seq.prefix_offset, "read_offset": seq.read_offset,
+                "next_seq": c.next_seq, "sent_chars": c.sent_chars,
+            })
+        return {
+            "live": live,
+            "finished": [list(k) for k in self.finished],
+            "rows": list(self.rows),
+            "aborts": [[p, [list(t) for t in targets]] for p, targets in self.aborts.items()],
+        }
+
+    def restore(self, state: dict) -> None:
+        for c in state["live"]:
+            params = schemas.row_to_params(c["params"])
+            seq = Sequence(c["request_id"], c["index"], list(c["token_ids"]), c["num_prompt_tokens"], params, max_tokens=1 << 30)
+            seq.output_text, seq.prefix_offset, seq.read_offset = c["output_text"], c["prefix_offset"], c["read_offset"]
+            self.live[(c["request_id"], c["index"])] = _Completion(seq, c["next_seq"], c["sent_chars"])
+        self.finished = {tuple(k): None for k in state["finished"]}
+        self.rows = list(state["rows"])
+        self.aborts = {p: [tuple(t) for t in targets] for p, targets in state["aborts"]}

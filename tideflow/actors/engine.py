@@ -6,10 +6,19 @@ import pyarrow as pa
 
 from tideflow.actors.base import Emission, StageContext, StageRole
 from tideflow.actors.rows import TokenStream, error_row, to_batch
+from tideflow.actors.state import (
+    KeyMemory,
+    generator_state,
+    requests_state,
+    restore_generator,
+    restore_requests,
+    restore_stream,
+    stream_state,
+)
 from tideflow.graphs import schemas
 
 # options that describe the stage, not the engine
-_STAGE_OPTIONS = ("model", "num_threads", "max_pending")
+_STAGE_OPTIONS = ("model", "num_threads", "max_pending", "checkpoint_kv")
 
 
 def capacity(options: dict) -> int:
@@ -66,9 +75,12 @@ class Engine(StageRole):
         self.stream = TokenStream(context.replica)
         self.ready: list[dict] = []  # rows to send before the next step (errors)
         self.capacity = capacity(context.options)
+        self.done = KeyMemory()  # request ids finished here: a replayed row of one is dropped
 
     def push(self, batch: pa.RecordBatch, attachments=None) -> None:
         for row in batch.to_pylist():
+            if row["request_id"] in self.core.requests or row["request_id"] in self.done:
+                continue  # a replayed or retried input this engine already holds
             err = admit(self.core, row, self.context.replica)
             if err is not None:
                 self.ready.append(err)
@@ -82,6 +94,7 @@ class Engine(StageRole):
                 req = self.core.requests.get(seq.request_id)
                 if req is not None and req.finished:
                     del self.core.requests[seq.request_id]
+                    self.done.add(seq.request_id)
         return [Emission(to_batch(rows, self.produces))] if rows else []
 
     def has_work(self) -> bool:
@@ -103,6 +116,23 @@ class Engine(StageRole):
             self.stream.forget(request_id, index)
             if req.finished:
                 del self.core.requests[request_id]
+                self.done.add(request_id)
 
     def stats(self) -> dict:
         return engine_stats(self.core)
+
+    def snapshot(self) -> dict:
+        return {
+            "requests": requests_state(self.core),
+            "stream": stream_state(self.stream),
+            "ready": list(self.ready),
+            "done": self.done.state(),
+            "generator": generator_state(self.core),
+        }
+
+    def restore(self, state: dict) -> None:
+        restore_requests(self.core, state["requests"])
+        restore_stream(self.stream, state["stream"])
+        self.ready = list(state["ready"])
+        self.done.restore(state["done"])
+        restore_generator(self.core, state["generator"])

@@ -9,6 +9,7 @@ import pyarrow as pa
 from tideflow.actors.base import Emission, StageContext, StageRole
 from tideflow.actors.engine import admit, build_engine, capacity, engine_stats
 from tideflow.actors.rows import encode_logprobs, to_batch
+from tideflow.actors.state import KeyMemory, generator_state, requests_state, restore_generator, restore_requests
 from tideflow.graphs import schemas
 
 
@@ -27,9 +28,12 @@ class Prefill(StageRole):
         self.core = build_engine(context.options)
         self.capacity = capacity(context.options)
         self.ready: list[dict] = []
+        self.done = KeyMemory()  # request ids handed off (or failed) here: replayed rows are dropped
 
     def push(self, batch: pa.RecordBatch, attachments=None) -> None:
         for row in batch.to_pylist():
+            if row["request_id"] in self.core.requests or row["request_id"] in self.done:
+                continue  # a replayed or retried input this replica already holds
             err = admit(self.core, row, self.context.replica)
             if err is not None:  # errors travel on as finished rows
                 self.ready.append(
@@ -69,6 +73,7 @@ class Prefill(StageRole):
                 req = self.core.requests.get(seq.request_id)
                 if req is not None and req.finished:
                     del self.core.requests[seq.request_id]
+                    self.done.add(seq.request_id)
         if not rows:
             return []
         return [Emission(to_batch(rows, self.produces), attachments or None)]
@@ -85,6 +90,21 @@ class Prefill(StageRole):
     def abort(self, targets: list[tuple[str, int | None]]) -> None:
         for request_id, _ in targets:
             self.core.abort_request(request_id)
+            self.done.add(request_id)
 
     def stats(self) -> dict:
         return engine_stats(self.core)
+
+    def snapshot(self) -> dict:
+        return {
+            "requests": requests_state(self.core),
+            "ready": list(self.ready),
+            "done": self.done.state(),
+            "generator": generator_state(self.core),
+        }
+
+    def restore(self, state: dict) -> None:
+        restore_requests(self.core, state["requests"])
+        self.ready = list(state["ready"])
+        self.done.restore(state["done"])
+        restore_generator(self.core, state["generator"])

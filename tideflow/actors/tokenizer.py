@@ -54,3 +54,9 @@ class Tokenizer(StageRole):
 
     def load(self) -> int:
         return len(self.pending)
+
+    def snapshot(self) -> dict:
+        return {"pending": list(self.pending)}
+
+    def restore(self, state: dict) -> None:
+        self.pending = list(state["pending"])

@@ -297,7 +297,13 @@ class Graph:
     def deploy(self, address: str | None = None, **kwargs):
         """Start the graph on Ray. The graph itself (not a compiled one) goes to the executor,
         which connects to Ray at `address` first and then compiles against the live cluster's
-        nodes, so the resource check sees the cluster the stages will actually run on."""
+        nodes, so the resource check sees the cluster the stages will actually run on.
+
+        Keyword arguments (see `tideflow.runtime.executor.deploy`): `inbox_size`; recovery,
+        on by default: `checkpoint_dir` (local directory or pyarrow.fs URI; None: a temporary
+        one), `checkpoint_interval` (seconds), `checkpoint_batches`, `max_restarts`, and
+        `recovery=False` to turn it off; `request_log` (a directory) records finished requests
+        for `tideflow replay`."""
         from tideflow.runtime.executor import deploy
 
         return deploy(self, address=address, **kwargs)

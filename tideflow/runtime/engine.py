@@ -43,6 +43,12 @@ class Engine:
         hf = self.hf_config.get_text_config()
         num_layers = hf.num_hidden_layers
         kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+        tp = config.parallel.tensor_parallel_size
+        if tp > 1:
+            from tideflow.models.tensor_parallel import check_divisible
+
+            check_divisible(self.hf_config, tp)
+            kv_heads //= tp  # each rank caches the kv heads of its shard
         head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
         dtype = next(self.model.parameters()).dtype
         cc = config.cache
@@ -66,11 +72,16 @@ class Engine:
             stop_checker=self.detokenizer, clock=time.monotonic,
         )
         sampler = Sampler(self.vocab_size, self.eos_token_ids, seed=mc.seed, kernel_backend=config.kernel_backend)
-        self.runner = ModelRunner(
-            self.model, kv_cache, sampler, device=config.parallel.device,
-            decode_group_rows=attention_kernels(config.kernel_backend).decode_group_rows,
-            packed=_packed_decoder(self.model, mc.model_impl, attend_function(config.kernel_backend)),
-        )
+        decode_group_rows = attention_kernels(config.kernel_backend).decode_group_rows
+        if tp > 1:
+            from tideflow.runtime.sharded_runner import start_sharded_runner
+
+            self.runner = start_sharded_runner(config, self.model, kv_cache, sampler, self.num_blocks, decode_group_rows)
+        else:
+            self.runner = ModelRunner(
+                self.model, kv_cache, sampler, device=config.parallel.device, decode_group_rows=decode_group_rows,
+                packed=_packed_decoder(self.model, mc.model_impl, attend_function(config.kernel_backend)),
+            )
         self.requests: dict[str, Request] = {}
         torch.manual_seed(mc.seed)
 

@@ -16,6 +16,17 @@ by itself for threaded or async actors (both ends here are).
 Large attachments (prefill's KV) are put in the Ray object store once and travel as object
 references beside the Arrow batch; the receiving replica resolves them (zero-copy numpy on
 the same node).
+
+With recovery on (`RecoveryConfig`), every input is appended to the replica's input log
+before `push` returns, tagged with the id of the last barrier its sender delivered (its
+epoch). Barriers arrive through `push` like batches; a replica with several senders aligns
+them (input from a sender whose barrier came is held back until every sender's has), then
+flushes its sends, snapshots its role, forwards the barrier downstream and acknowledges to
+the coordinator. Ray restarts a crashed replica (`max_restarts`) and retries the calls it
+was running (`max_task_retries`), `run` included: the constructor then fetches the wiring,
+restores the last completed checkpoint and queues the logged inputs of later epochs in
+front of anything new. Epochs and alignment: `tideflow.runtime.checkpoint_barriers`; settings
+and fault injection: `tideflow.runtime.recovery`.
 """
 
 from __future__ import annotations
@@ -30,6 +41,15 @@ import pyarrow as pa
 
 from tideflow.actors.base import AbortUpstream, Emission, StageContext, resolve_role
 from tideflow.actors.router import Router
+from tideflow.runtime.checkpoint_barriers import INGRESS, Barrier, BarrierAligner
+
+@dataclass(slots=True)
+class _Entry:
+    """One inbox item."""
+
+    batch: Any  # pa.RecordBatch, or a Barrier
+    refs: dict | None  # attachment key -> ObjectRef
+    sender: str  # "stage/replica" of the upstream replica, or INGRESS
 
 
 @dataclass(slots=True)
@@ -42,6 +62,7 @@ class Wiring:
     sink: object | None  # the collector, when this stage is the graph's sink
     collector: object = None  # the collector: told of requests that cannot go on (a dead replica downstream)
     block_size: int = 16
+    coordinator: object = None  # the checkpoint coordinator, when recovery is on
 
 
 @dataclass(slots=True)
@@ -49,22 +70,23 @@ class _Push:
     """A push on its way to one destination."""
 
     ref: Any  # ObjectRef of the push call: its load, or the receiver's death
-    batch: pa.RecordBatch  # the rows sent: failed explicitly if the receiver turns out dead
+    batch: pa.RecordBatch | None  # the rows sent: failed explicitly if the receiver turns out dead (None: a barrier)
 
 
 _SINK = ("", 0)  # the destination key of the sink; downstream replicas are (stage, replica)
 
 
 class StageActor:
-    def __init__(self, role: str | type, context: StageContext, inbox_size: int):
+    def __init__(self, role: str | type, context: StageContext, inbox_size: int, recovery=None):
         import warnings
 
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.context = context
+        self.name = f"{context.stage}/{context.replica}"  # this replica's sender name downstream
         self.role = resolve_role(role)(context)
         self.inbox_size = inbox_size
         self.cv = threading.Condition()
-        self.inbox: deque = deque()  # (batch, attachment refs), bounded by inbox_size
+        self.inbox: deque[_Entry] = deque()  # bounded by inbox_size (held-back entries aside)
         self.control: deque = deque()  # (handler, payload): never bounded, never blocks
         self.stopped = False
         self.wiring: Wiring | None = None
@@ -73,8 +95,33 @@ class StageActor:
         self.max_inbox = 0  # the deepest the inbox has been
         self.batches_in = self.batches_out = 0
         self.busy_s = 0.0
-        self.handlers = {"abort": self.role.abort}  # control message -> handler
+        self.handlers = {"abort": self.role.abort, "rewire": self._rewire}  # control message -> handler
         self.in_flight: dict[tuple[str, int], _Push] = {}  # destination -> its unawaited push (loop thread only)
+        # checkpoints: see the module docstring
+        self.recovery = recovery
+        self.barriers = BarrierAligner()  # epochs and alignment (under cv)
+        self.due: int | None = None  # snapshot to take once the taken input is processed
+        self.asked = False  # asked the coordinator for a checkpoint since the last one
+        self.replayed = 0  # logged inputs queued again after a restart
+        self.restore_s = 0.0  # seconds the last restart spent restoring and reading the log
+        self.log = self.store = self.faults = None
+        self.sender: tuple = (self.name,) if recovery is not None else ()  # who we are to receivers (only checkpoints ask)
+        if recovery is not None:
+            import ray
+
+            from tideflow.runtime.checkpoint_store import CheckpointStore, replica_name
+            from tideflow.runtime.recovery import FaultInjector
+
+            self.store = CheckpointStore(recovery.checkpoint_dir)
+            self.file_name = replica_name(context.stage, context.replica)
+            self.faults = FaultInjector(recovery.faults, context.stage, context.replica, self.store)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+            if reconstructed:
+                self._recover()
+            else:
+                self.log = self.store.log_writer(self.file_name, self.store.next_part(self.file_name))
 
     # -- called by the executor and by other actors (any thread) ------------------------------
     def connect(self, wiring: Wiring) -> bool:
@@ -83,17 +130,66 @@ class StageActor:
             stage: Router(len(handles), wiring.routing[stage], block_size=wiring.block_size)
             for stage, handles in wiring.downstream.items()
         }
+        with self.cv:
+            self.barriers.set_senders({f"{stage}/{i}" for stage, hs in wiring.upstream.items() for i in _indices(hs)})
         return True
 
-    def push(self, batch, attachments=None) -> int:
-        """Queue one input batch, blocking while the inbox is full. Returns this replica's load."""
+    def push(self, batch, attachments=None, sender: str = INGRESS) -> int:
+        """Queue one input batch (or a Barrier), blocking while the inbox is full. With
+        recovery on, the batch is in the input log when this returns. Returns this replica's load."""
         with self.cv:
-            while len(self.inbox) >= self.inbox_size and not self.stopped:
+            if isinstance(batch, Barrier):
+                self.barriers.delivered(sender, batch.checkpoint_id)
+                self.inbox.append(_Entry(batch, None, sender))
+                self.cv.notify_all()
+                return self.load + len(self.inbox)
+            while self._queued() >= self.inbox_size and not self.stopped:
                 self.cv.wait()
-            self.inbox.append((batch, attachments))
+            ask = False
+            if self.log is not None:
+                self.log.append(self.barriers.epoch(sender), sender, batch)
+                ask = not self.asked and self.log.num_batches >= self.recovery.interval_batches
+                self.asked |= ask
+            self.inbox.append(_Entry(batch, attachments, sender))
             self.max_inbox = max(self.max_inbox, len(self.inbox))
             self.cv.notify_all()
-            return self.load + len(self.inbox)
+            load = self.load + len(self.inbox)
+        if ask:
+            self.wiring.coordinator.request.remote(self.name)
+        return load
+
+    def _queued(self) -> int:
+        """Inbox entries that count against its bound: not those held back for alignment
+        (a sender that delivered its barrier must not block the others from delivering theirs)."""
+        if not self.barriers.arrived:
+            return len(self.inbox)
+        return sum(1 for e in self.inbox if not self.barriers.held(e.sender))
+
+    def abort_checkpoint(self, checkpoint_id: int) -> None:
+        """The coordinator gave up on this checkpoint: stop aligning it, ignore its barriers."""
+        with self.cv:
+            self.barriers.abort(checkpoint_id)
+            self.cv.notify_all()
+
+    def rewire(self, wiring: Wiring, timeout: float = 60.0) -> bool:
+        """Replace the replica's wiring (a rescale) between two steps of its loop, after the
+        pushes in flight under the old one have landed. Returns once done (False: timed out)."""
+        done = threading.Event()
+        with self.cv:
+            self.control.append(("rewire", (wiring, done)))
+            self.cv.notify_all()
+        return done.wait(timeout)
+
+    def _rewire(self, payload: tuple) -> None:
+        wiring, done = payload
+        self._flush()
+        self.connect(wiring)
+        done.set()
+
+    def drained(self) -> bool:
+        """Holds nothing: no input queued, no work in the role, no send in flight."""
+        with self.cv:
+            return not self.inbox and not self.role.has_work() and self.role.load() == 0 and not self.in_flight
 
     def abort(self, targets) -> None:
         with self.cv:
@@ -117,6 +213,8 @@ class StageActor:
             "batches_in": self.batches_in,
             "batches_out": self.batches_out,
             "busy_s": self.busy_s,
+            "replayed": self.replayed,
+            "restore_s": self.restore_s,
         }
 
     def ready(self) -> str:
@@ -124,27 +222,36 @@ class StageActor:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
-        import ray
-
         role = self.role
         while (work := self._next_work()) is not None:
             control, taken = work
+            due, self.due = self.due, None  # set by `_take` on this thread
             start = time.perf_counter()
             for kind, payload in control:
                 self.handlers[kind](payload)
-            for batch, refs in taken:
-                role.push(batch, dict(zip(refs, ray.get(list(refs.values())))) if refs else None)
+            for entry in taken:
+                role.push(entry.batch, _resolve(entry.refs))
                 self.batches_in += 1
+                if self.faults is not None:
+                    self.faults.check("process")
             items = role.poll()
             self.load = role.load()
             self.busy_s += time.perf_counter() - start
             self._send(items)
+            if due is not None:
+                self._checkpoint(due)
+        if self.faults is not None:
+            self.faults.check("close")
         role.close()
+        if self.log is not None:
+            self.log.close()
 
     def _idle(self) -> bool:
         """Nothing to do (the caller holds `cv`)."""
         role = self.role
-        return not self.stopped and not self.control and not role.has_work() and not (self.inbox and role.accepting())
+        if self.stopped or self.control or role.has_work():
+            return False
+        return not any(isinstance(e.batch, Barrier) or role.accepting() for e in self.inbox if not self.barriers.held(e.sender))
 
     def _next_work(self) -> tuple[list, list] | None:
         """Wait for control messages, input the role accepts, or work already inside it; take
@@ -161,12 +268,76 @@ class StageActor:
                 return None
             control = list(self.control)
             self.control.clear()
-            taken = []
-            while self.inbox and self.role.accepting() and len(taken) < self.inbox_size:
-                taken.append(self.inbox.popleft())
-            if taken:
-                self.cv.notify_all()  # room in the inbox: wake blocked producers
+            taken = self._take()
+            self.cv.notify_all()  # room in the inbox: wake blocked producers
             return control, taken
+
+    def _take(self) -> list[_Entry]:
+        """Input for the role, in order, as far as it accepts it; barriers met on the way are
+        aligned, and once the last one needed is met nothing after it is taken (the caller
+        holds `cv`)."""
+        accepting = self.role.accepting()
+        taken, held = [], []
+        while self.inbox:
+            entry = self.inbox[0]
+            if self.barriers.held(entry.sender):  # after its sender's barrier: wait for the others
+                held.append(self.inbox.popleft())
+                continue
+            if isinstance(entry.batch, Barrier):
+                self.inbox.popleft()
+                self.due = self.barriers.met(entry.sender, entry.batch.checkpoint_id)
+                if self.due is not None:
+                    break
+                continue
+            if not accepting or len(taken) >= self.inbox_size:
+                break
+            taken.append(self.inbox.popleft())
+        self.inbox.extendleft(reversed(held))
+        return taken
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint(self, checkpoint_id: int) -> None:
+        """Everything before the barrier is processed and sent: make the sends durable
+        downstream, snapshot, pass the barrier on, acknowledge."""
+        self._flush()
+        state = {"role": self.role.snapshot(), "batches_in": self.batches_in}
+        self.store.write_snapshot(checkpoint_id, self.file_name, state)
+        self.faults.check("snapshot")  # a crash here leaves the checkpoint incomplete
+        with self.cv:
+            self.barriers.snapshotted(checkpoint_id)
+            self.asked = False
+            self.log.close_before(checkpoint_id)
+        for stage, handles in self.wiring.downstream.items():
+            for replica, handle in enumerate(handles):
+                self._settle((stage, replica))
+                self.in_flight[(stage, replica)] = _Push(handle.push.remote(Barrier(checkpoint_id), None, self.name), None)
+        self.wiring.coordinator.ack.remote(checkpoint_id, self.name)
+
+    def _recover(self) -> None:
+        """Ray restarted this replica: fetch the wiring, restore the last completed
+        checkpoint, queue the inputs logged since, and tell the coordinator."""
+        import ray
+
+        from tideflow.runtime.executor import NAMESPACE
+
+        start = time.perf_counter()
+        coordinator = ray.get_actor(f"{self.context.graph}/checkpoints", namespace=NAMESPACE)
+        self.connect(ray.get(coordinator.wiring.remote(self.name)))
+        ray.get(coordinator.restarted.remote(self.name))  # aborts the open checkpoint: it may lack our barrier
+        cid = self.store.latest_complete()
+        state = self.store.read_snapshot(cid, self.file_name) if cid else None
+        self.faults.check("restore")
+        if state is not None:
+            self.role.restore(state["role"])
+        entries = self.store.read_log(self.file_name, cid)
+        epochs: dict[str, int] = {}
+        for e in entries:
+            epochs[e.sender] = max(epochs.get(e.sender, cid), e.epoch)
+            self.inbox.append(_Entry(e.batch, None, e.sender))
+        self.barriers.restored(cid, epochs)
+        self.replayed = len(entries)
+        self.restore_s = time.perf_counter() - start
+        self.log = self.store.log_writer(self.file_name, self.store.next_part(self.file_name))
 
     # -- sending --------------------------------------------------------------------------------
     def _send(self, items) -> None:
@@ -197,7 +368,7 @@ class StageActor:
             if not self._settle((stage, replica)) and len(router.dead) < router.num_replicas:
                 self._route(stage, part, refs)
                 continue
-            self.in_flight[(stage, replica)] = _Push(handles[replica].push.remote(part, _subset(refs, part)), part)
+            self.in_flight[(stage, replica)] = _Push(handles[replica].push.remote(part, _subset(refs, part), *self.sender), part)
 
     def _settle(self, destination: tuple[str, int]) -> bool:
         """Wait for the push in flight to `destination`, if any. False when it found the
@@ -217,6 +388,8 @@ class StageActor:
             router.observe_load(replica, ray.get(push.ref))
         except ray.exceptions.RayActorError as exc:
             router.mark_dead(replica)
+            if push.batch is None:  # a barrier: the coordinator aborts the checkpoint on its own
+                return False
             rids = sorted(set(push.batch.column("request_id").to_pylist()))
             self.wiring.collector.fail.remote(rids, f"a downstream replica died: {type(exc).__name__}")
             return False
@@ -225,6 +398,17 @@ class StageActor:
     def _flush(self) -> None:
         for destination in list(self.in_flight):
             self._settle(destination)
+
+
+def _indices(handles) -> list[int]:
+    """Replica indices of a stage's handles (a list, or a dict index -> handle after a rescale)."""
+    return list(handles) if isinstance(handles, dict) else list(range(len(handles)))
+
+
+def _resolve(refs: dict | None) -> dict | None:
+    import ray
+
+    return dict(zip(refs, ray.get(list(refs.values())))) if refs else None
 
 
 def _subset(refs: dict | None, batch) -> dict | None:

@@ -1,0 +1,141 @@
+"""What recovery costs: graph throughput with and without checkpointing (side by side, one
+run), and how long a killed decode replica takes to come back.
+
+    python -m tideflow.runtime.recovery_bench [--model DIR] [--kills 3] [--json out.json]
+
+Throughput: the same seeded trace through the disaggregated graph deployed with
+`recovery=False` and with recovery on (`--interval` seconds between checkpoints), alternating
+`--rounds` times. Recovery: streams run through the graph while decode replica 0 is killed
+(SIGKILL-like `ray.kill(no_restart=False)`); per kill, the time until the restarted replica
+answers (restored and replaying) and the longest pause any stream saw across the kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+
+
+def _trace(count: int, max_tokens: int, seed: int):
+    import random
+
+    from tideflow import SamplingParams
+
+    rng = random.Random(seed)
+    prompts = [{"prompt_token_ids": [rng.randrange(5, 500) for _ in range(rng.randrange(8, 96))]} for _ in range(count)]
+    params = [SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True) for _ in range(count)]
+    return prompts, params
+
+
+def throughput(model: str, rounds: int, count: int, max_tokens: int, interval: float) -> dict:
+    from tideflow.graphs.builtin import disaggregated
+
+    prompts, params = _trace(count, max_tokens, seed=0)
+    results: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for mode in ("off", "on"):
+            graph = disaggregated(model, prefill=1, decode=2, dtype="float32", name=f"bench-{mode}")
+            kwargs = {"recovery": False} if mode == "off" else {"checkpoint_interval": interval}
+            handle = graph.deploy(**kwargs)
+            try:
+                handle.generate(prompts[:2], params[:2])
+                start = time.perf_counter()
+                out = handle.generate(prompts, params)
+                wall = time.perf_counter() - start
+                status = handle.checkpoints()
+            finally:
+                handle.shutdown()
+            tokens = sum(len(o.outputs[0].token_ids) for o in out)
+            results[mode].append(tokens / wall)
+            print(f"  recovery {mode:3s}: {tokens / wall:8.1f} tok/s  ({len(status.get('completed', []))} checkpoints)", flush=True)
+    off, on = statistics.median(results["off"]), statistics.median(results["on"])
+    return {"tok_s_off": off, "tok_s_on": on, "ratio_on_off": on / off, "runs": results}
+
+
+def recovery_times(model: str, kills: int, count: int, max_tokens: int) -> dict:
+    import ray
+
+    from tideflow.graphs.builtin import disaggregated
+    from tideflow.runtime.executor import NAMESPACE
+
+    prompts, params = _trace(count, max_tokens, seed=1)
+    handle = disaggregated(model, prefill=1, decode=2, dtype="float32", name="bench-kill").deploy(checkpoint_interval=1.0)
+    restart_s, pause_s, restore_s = [], [], []
+    try:
+        handle.generate(prompts[:2], params[:2])
+        for k in range(kills):
+            stamps: list[list[float]] = [[] for _ in prompts]
+
+            async def one(i):
+                async for _ in handle.submit(prompts[i], params[i]):
+                    stamps[i].append(time.monotonic())
+
+            async def run():
+                tasks = [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
+                while sum(len(s) for s in stamps) < len(prompts) * 4:
+                    await asyncio.sleep(0.01)
+                actor = ray.get_actor("bench-kill/decode/0", namespace=NAMESPACE)
+                t0 = time.monotonic()
+                ray.kill(actor, no_restart=False)
+                await asyncio.sleep(0.2)
+                await asyncio.to_thread(ray.get, actor.ready.remote())
+                restart = time.monotonic() - t0
+                restore = (await asyncio.to_thread(ray.get, actor.stats.remote()))["restore_s"]
+                await asyncio.gather(*tasks)
+                return t0, restart, restore
+
+            t0, restart, restore = asyncio.run(run())
+            pause = max((b - a for s in stamps for a, b in zip(s, s[1:]) if a <= t0 <= b), default=0.0)
+            restart_s.append(restart)
+            pause_s.append(pause)
+            restore_s.append(restore)
+            print(f"  kill {k + 1}: replica back after {restart:.2f} s (of which restore + log read {restore:.3f} s); "
+                  f"longest stream pause {pause:.2f} s", flush=True)
+    finally:
+        handle.shutdown()
+    return {"restart_s": restart_s, "pause_s": pause_s, "restore_s": restore_s,
+            "restart_median_s": statistics.median(restart_s), "pause_median_s": statistics.median(pause_s),
+            "restore_median_s": statistics.median(restore_s)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tideflow.runtime.recovery_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model directory (default: a tiny random Llama)")
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between checkpoints in the 'on' runs")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args(argv)
+    model = args.model
+    if model is None:
+        import tempfile
+
+        from tideflow.models.testing import write_tiny_model
+
+        model = str(write_tiny_model("llama", tempfile.mkdtemp(prefix="tideflow-bench-"), seed=0))
+    import ray
+
+    ray.init(namespace="tideflow", include_dashboard=False, log_to_driver=False, num_cpus=8)
+    tp = None
+    if not args.skip_throughput:
+        print("throughput, checkpointing off vs on:")
+        tp = throughput(model, args.rounds, args.requests, args.max_tokens, args.interval)
+        print(f"  ratio on/off: {tp['ratio_on_off']:.3f}")
+    print("recovery after killing decode replica 0:")
+    rec = recovery_times(model, args.kills, args.requests // 2, args.max_tokens * 2)
+    print(f"  median: replica back {rec['restart_median_s']:.2f} s, stream pause {rec['pause_median_s']:.2f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"throughput": tp, "recovery": rec}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

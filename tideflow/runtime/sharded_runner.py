@@ -1,0 +1,118 @@
+"""A model runner whose model is split over `tensor_parallel_size` ranks.
+
+Rank 0 is the engine's own process: it keeps the scheduler and the sampler, prepares each
+step as `ModelRunner` does and runs its shard of the forward. Ranks 1..k-1 are `ShardWorker`
+Ray actors, started in one placement group (PACK on CPU, STRICT_PACK on GPUs) and tied to
+rank 0 by a torch.distributed process group (gloo on CPU, nccl on CUDA) that meets at a TCP
+store rank 0 hosts. Each step rank 0 puts the step's packed inputs in the object store once,
+asks every worker to run it, runs its own shard (the all-reduces keep the ranks in lockstep)
+and then waits for the workers, so a failed worker fails the step. Only rank 0 computes logits
+and samples. The rest of the engine sees an ordinary `ModelRunner`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+
+import torch
+
+from tideflow.runtime.batch import ScheduledBatch
+from tideflow.runtime.model_runner import ModelRunner
+from tideflow.runtime.shard_worker import ShardStep, all_reduce_over, host_store, join_group
+
+RAY_NAMESPACE = "tideflow"
+
+
+class ShardedModelRunner(ModelRunner):
+    """`ModelRunner` over rank 0's shard, driving the other ranks each step. Build it with
+    `start_sharded_runner`."""
+
+    def __init__(self, model, kv_cache, sampler, *, device: str, decode_group_rows, packed, workers, group, placement):
+        super().__init__(model, kv_cache, sampler, device=device, decode_group_rows=decode_group_rows, packed=packed)
+        self.workers = workers  # Ray handles of ranks 1..k-1
+        self.group = group  # rank 0's process group (kept alive with the runner)
+        self._send_device = torch.device("cpu")  # steps cross Ray as CPU tensors
+        self._release = weakref.finalize(self, _release, list(workers), placement)
+
+    def forward_only(self, batch: ScheduledBatch) -> torch.Tensor:
+        import ray
+
+        input_ids, positions, meta, sample_idx = self.prepare(batch)
+        step = ShardStep(input_ids, positions, dataclasses.replace(meta, kv_cache=None), sample_idx[:0])
+        ref = ray.put(step.to(self._send_device))
+        pending = [w.forward.remote(ref) for w in self.workers]
+        logits = self.packed(input_ids, positions, meta, sample_idx)
+        ray.get(pending)
+        return logits
+
+    def read_kv(self, block_table, num_tokens):
+        raise NotImplementedError("tensor_parallel_size > 1: the KV of a sequence is spread over the ranks")
+
+    def write_kv(self, block_table, k, v):
+        raise NotImplementedError("tensor_parallel_size > 1: the KV of a sequence is spread over the ranks")
+
+    def close(self) -> None:
+        """Stop the other ranks and give back their placement group (also done when the runner
+        is garbage collected)."""
+        self._release()
+
+
+def _release(workers, placement) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        return
+    for w in workers:
+        ray.kill(w)
+    ray.util.remove_placement_group(placement)
+
+
+def start_sharded_runner(config, model, kv_cache, sampler, num_blocks: int, decode_group_rows) -> ShardedModelRunner:
+    """Start ranks 1..k-1 of `config.parallel.tensor_parallel_size` (starting a local Ray
+    instance when none runs), shard `model` in place as rank 0, and return the runner.
+    `kv_cache` holds rank 0's kv heads; every worker allocates `num_blocks` blocks of its own."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from tideflow.models.packed_decoder import unsupported_reason
+    from tideflow.models.tensor_parallel import shard_decoder
+    from tideflow.runtime.attention import attend_function
+    from tideflow.runtime.shard_worker import ShardWorker
+
+    world = config.parallel.tensor_parallel_size
+    if config.model.model_impl == "transformers":
+        raise ValueError("tensor_parallel_size > 1 runs tideflow's packed decoder; model_impl='transformers' cannot be sharded")
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise ValueError(f"tensor_parallel_size > 1 needs a model the packed decoder runs: {reason}")
+    if not ray.is_initialized():
+        ray.init(namespace=RAY_NAMESPACE)
+    device = torch.device(config.parallel.device)
+    gpu = device.type == "cuda"
+    bundle = {"CPU": 1.0, "GPU": 1.0} if gpu else {"CPU": 1.0}
+    placement = ray.util.placement_group([bundle] * (world - 1), strategy="STRICT_PACK" if gpu else "PACK")
+    ray.get(placement.ready())
+    actor = ray.remote(ShardWorker)
+    workers = [
+        actor.options(
+            num_cpus=1, num_gpus=1 if gpu else 0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=rank - 1),
+        ).remote(config, rank, world, num_blocks)
+        for rank in range(1, world)
+    ]
+    try:
+        ray.get([w.ready.remote() for w in workers])  # loaded and sharded (surfaces a failed load)
+        host = ray.util.get_node_ip_address()
+        store = host_store(host)
+        joined = [w.connect.remote(host, store.port) for w in workers]
+        group = join_group(host, store.port, 0, world, device, host, store=store)
+        ray.get(joined)
+    except BaseException:
+        _release(workers, placement)
+        raise
+    packed = shard_decoder(model, attend_function(config.kernel_backend), 0, world, all_reduce_over(group))
+    return ShardedModelRunner(
+        model, kv_cache, sampler, device=config.parallel.device, decode_group_rows=decode_group_rows, packed=packed,
+        workers=workers, group=group, placement=placement,
+    )
