@@ -51,7 +51,7 @@ class LLM:
         params = self._params_per_prompt(sampling_params, len(prompts))
         encoded = [self._encode(p) for p in prompts]
         for (text, ids), sp in zip(encoded, params):
-            self.engine._check_prompt(ids)
+            self.engine.check_request(ids, sp)
         request_ids = []
         try:
             for (text, ids), sp in zip(encoded, params):

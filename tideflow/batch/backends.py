@@ -39,10 +39,8 @@ class EngineBackend:
         self.loop = EngineLoop(self.llm.engine)
 
     def check(self, token_ids: list[int], params: SamplingParams) -> str | None:
-        engine = self.llm.engine
         try:
-            ids = engine._check_prompt(token_ids)  # vocabulary and context length
-            engine.new_sequence("check", 0, ids, params)  # raises when prompt + max_tokens cannot fit the KV cache
+            self.llm.engine.check_request(token_ids, params)
         except ValueError as exc:
             return str(exc)
         return None
@@ -57,36 +55,27 @@ class EngineBackend:
 class GraphBackend:
     """A graph deployed by the driver; this actor sends it rows through its handle.
 
-    Request ids are made unique per actor (every actor holds a copy of the same handle), and
-    prompts are checked against the model's vocabulary and context length here, so that one
-    bad row does not fail its whole batch inside the graph."""
+    Every actor holds its own copy of the handle, and a copy draws request ids under a fresh
+    prefix, so ids never collide across actors. Prompts are checked against the model's
+    vocabulary and context length here, so that one bad row does not fail its whole batch
+    inside the graph."""
 
     def __init__(self, handle, model: str, engine_options: dict):
-        import itertools
-        import uuid
+        from tideflow.serve.model_info import ModelInfo
 
-        from transformers import AutoConfig
-
-        from tideflow.models.loader import load_tokenizer, model_max_len
-
-        self.handle = handle
-        prefix = f"{handle.graph.name}-batch-{uuid.uuid4().hex[:8]}"
-        counter = itertools.count()
-        handle._new_ids = lambda count: [f"{prefix}-{next(counter)}" for _ in range(count)]
-        self.tokenizer = load_tokenizer(engine_options.get("tokenizer") or model)
-        config = AutoConfig.from_pretrained(model)
-        self.vocab_size = config.get_text_config().vocab_size
-        self.max_model_len = engine_options.get("max_model_len") or model_max_len(config)
+        self.handle = handle  # a copy per actor: each draws request ids under its own prefix
+        self.info = ModelInfo.load(
+            model, model, tokenizer=engine_options.get("tokenizer"), max_model_len=engine_options.get("max_model_len")
+        )
+        self.tokenizer = self.info.tokenizer
 
     def check(self, token_ids: list[int], params: SamplingParams) -> str | None:
-        if not token_ids:
-            return "prompt_token_ids: the prompt is empty"
-        lo, hi = min(token_ids), max(token_ids)
-        if lo < 0 or hi >= self.vocab_size:
-            return f"prompt_token_ids: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {self.vocab_size})"
-        if len(token_ids) >= self.max_model_len:
-            return (f"prompt_token_ids: the prompt has {len(token_ids)} tokens; the context length is "
-                    f"{self.max_model_len} and at least one token must be generated")
+        from tideflow.runtime.sequence import check_prompt_ids
+
+        try:
+            check_prompt_ids(token_ids, self.info.vocab_size, self.info.max_model_len)
+        except ValueError as exc:
+            return str(exc)
         return None
 
     def generate(self, prompts: list[dict], params: list[SamplingParams]) -> list[RequestOutput]:

@@ -10,7 +10,7 @@ import dataclasses
 import time
 
 from tideflow.config import EngineConfig
-from tideflow.runtime.sequence import Request, Sequence
+from tideflow.runtime.sequence import Request, Sequence, check_prompt_ids
 from tideflow.sampling_params import SamplingParams
 
 
@@ -102,7 +102,7 @@ class Engine:
         when the request can never run."""
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        ids = self._check_prompt(prompt_token_ids)
+        ids = check_prompt_ids(prompt_token_ids, self.vocab_size, self.max_model_len)
         now = time.monotonic()
         seqs = [self.new_sequence(request_id, i, ids, params, arrival_time=now) for i in range(params.n)]
         request = Request(request_id, prompt, list(ids), params, seqs, arrival_time=now)
@@ -146,22 +146,12 @@ class Engine:
         """Stop sequences that leave this engine (handed off or aborted) and free their blocks."""
         self.scheduler.abort(seqs)
 
-    def _check_prompt(self, ids) -> list[int]:
-        ids = list(ids)
-        if not ids:
-            raise ValueError("prompt_token_ids: the prompt is empty")
-        if any(not isinstance(t, int) or isinstance(t, bool) for t in ids):
-            raise ValueError("prompt_token_ids: token ids must be integers")
-        lo, hi = min(ids), max(ids)
-        if lo < 0 or hi >= self.vocab_size:
-            raise ValueError(
-                f"prompt_token_ids: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {self.vocab_size})"
-            )
-        if len(ids) >= self.max_model_len:
-            raise ValueError(
-                f"prompt_token_ids: the prompt has {len(ids)} tokens; the context length is {self.max_model_len} "
-                "and at least one token must be generated"
-            )
+    def check_request(self, prompt_token_ids, params: SamplingParams) -> list[int]:
+        """Whether a request could ever run here, without queueing it: the prompt's ids as a
+        list, or ValueError naming the field (empty prompt, ids outside the vocabulary, a prompt
+        as long as the context, prompt plus max_tokens beyond the KV pool)."""
+        ids = check_prompt_ids(prompt_token_ids, self.vocab_size, self.max_model_len)
+        self.new_sequence("check", 0, ids, params)
         return ids
 
     def abort_request(self, request_id: str) -> None:

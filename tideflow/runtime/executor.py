@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import AsyncIterator
 
 from tideflow.actors.base import StageContext
@@ -181,7 +182,7 @@ class GraphHandle:
         self._watch = watch
         source = compiled.stage(compiled.source)
         self._router = Router(source.replicas, compiled.roles[source.name].routing)
-        self._ids = itertools.count()
+        self._new_id_prefix()
         self._next_index: dict[str, int] = {}  # stage -> next replica index a rescale hands out
         self._closed = False
 
@@ -191,8 +192,18 @@ class GraphHandle:
         return {stage: list(handles.values()) for stage, handles in self._replicas.items()}
 
     # -- requests -----------------------------------------------------------------------------
+    def _new_id_prefix(self) -> None:
+        self._id_prefix = f"{self.graph.name}-{uuid.uuid4().hex[:8]}"
+        self._ids = itertools.count()
+
+    def __setstate__(self, state: dict) -> None:
+        """A copy sent to another process (a batch actor, a Serve replica) draws request ids
+        under its own prefix, so copies sharing the graph never hand out the same id."""
+        self.__dict__.update(state)
+        self._new_id_prefix()
+
     def _new_ids(self, count: int) -> list[str]:
-        return [f"{self.graph.name}-{next(self._ids)}" for _ in range(count)]
+        return [f"{self._id_prefix}-{next(self._ids)}" for _ in range(count)]
 
     def _ingest_refs(self, rows: list[dict]) -> list:
         sources = self.actors[self.graph.source]

@@ -17,6 +17,25 @@ from tideflow.sampling_params import SamplingParams
 _seq_ids = itertools.count()
 
 
+def check_prompt_ids(ids, vocab_size: int, max_model_len: int) -> list[int]:
+    """The prompt's token ids as a list, or ValueError naming the field: empty, not integers,
+    outside the vocabulary, or too long to generate one token in the context."""
+    ids = list(ids)
+    if not ids:
+        raise ValueError("prompt_token_ids: the prompt is empty")
+    if any(not isinstance(t, int) or isinstance(t, bool) for t in ids):
+        raise ValueError("prompt_token_ids: token ids must be integers")
+    lo, hi = min(ids), max(ids)
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"prompt_token_ids: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab_size})")
+    if len(ids) >= max_model_len:
+        raise ValueError(
+            f"prompt_token_ids: the prompt has {len(ids)} tokens; the context length is {max_model_len} "
+            "and at least one token must be generated"
+        )
+    return ids
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"  # queued, or preempted and waiting to be recomputed
     RUNNING = "running"  # holds KV blocks and is scheduled every step
