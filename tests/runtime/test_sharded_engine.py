@@ -3,6 +3,7 @@ shard actor) generates, token for token, what the unsharded engine generates."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tideflow import LLM, SamplingParams
@@ -25,49 +26,86 @@ def _tokens(llm: LLM) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
 
 
-@pytest.fixture(scope="module")
-def unsharded_tokens(tiny_model_dir):
-    """kind -> the greedy tokens of the unsharded engine."""
-    made: dict[str, list[list[int]]] = {}
+KV_PROMPT = list(range(5, 40))  # 35 tokens: 5 blocks of 8, the last one partly filled
 
-    def get(kind: str) -> list[list[int]]:
+
+def _prefilled_kv(llm: LLM):
+    """Prefill KV_PROMPT and read its K/V back through the runner: [layers, tokens, kv_heads, head_dim]."""
+    request = llm.engine.add_request("kv", KV_PROMPT, GREEDY)
+    seq = request.seqs[0]
+    while seq.num_computed_tokens < len(KV_PROMPT):
+        llm.engine.step()
+    kv = llm.engine.runner.read_kv(seq.block_table, len(KV_PROMPT))
+    llm.engine.abort_request("kv")
+    return kv
+
+
+@pytest.fixture(scope="module")
+def unsharded(tiny_model_dir):
+    """kind -> (greedy tokens, K/V of KV_PROMPT) of the unsharded engine."""
+    made: dict[str, tuple] = {}
+
+    def get(kind: str) -> tuple:
         if kind not in made:
-            made[kind] = _tokens(LLM(tiny_model_dir(kind), **OPTIONS))
+            llm = LLM(tiny_model_dir(kind), **OPTIONS)
+            made[kind] = (_tokens(llm), _prefilled_kv(llm))
         return made[kind]
 
     return get
 
 
 @pytest.mark.parametrize("kind", ["llama", "mixtral"])
-def test_two_shards_generate_the_unsharded_tokens(kind, tiny_model_dir, unsharded_tokens, ray_session):
+def test_two_shards_generate_the_unsharded_tokens(kind, tiny_model_dir, unsharded, ray_session):
     path = tiny_model_dir(kind)
-    expected = unsharded_tokens(kind)
+    expected, (k, v) = unsharded(kind)
     sharded = LLM(path, tensor_parallel_size=2, **OPTIONS)
     try:
         runner = sharded.engine.runner
         assert len(runner.workers) == 1
         text = sharded.engine.hf_config.get_text_config()
-        assert runner.kv_cache.k.shape[2] == text.num_key_value_heads // 2  # each rank caches its kv heads
+        heads = text.num_key_value_heads // 2
+        assert runner.kv_cache.k.shape[2] == heads  # each rank caches its kv heads
         assert _tokens(sharded) == expected
+
+        # K/V handed over (disaggregated prefill -> decode) reads in the unsharded layout,
+        # and a whole K/V written in lands each rank's heads in its own cache
+        sk, sv = _prefilled_kv(sharded)
+        np.testing.assert_allclose(sk, k, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(sv, v, rtol=1e-10, atol=1e-12)
+        table = [90, 91, 92, 93, 94]
+        runner.write_kv(table, k, v)
+        back_k, back_v = runner.read_kv(table, len(KV_PROMPT))
+        assert np.array_equal(back_k, k) and np.array_equal(back_v, v)
+        assert np.array_equal(runner.kv_cache.read(table, len(KV_PROMPT))[0], k[:, :, :heads])
     finally:
         sharded.engine.runner.close()
 
 
-def test_a_graph_stage_with_two_shards_generates_the_unsharded_tokens(tiny_model_dir, unsharded_tokens, ray_session):
+def test_sharded_prefill_and_decode_stages_generate_the_unsharded_tokens(tiny_model_dir, unsharded, ray_session):
+    """Disaggregated, both pools sharded: prefill hands each sequence's K/V (gathered from its
+    two ranks) to decode (which splits it over its own two)."""
     path = tiny_model_dir("llama")
     g = Graph("sharded")
-    text = {"model": path}
-    engine = g.stage("engine", "engine", shards=2, options={"model": path, **OPTIONS})
-    g.stage("tokenize", "tokenizer", num_cpus=0, options=text) >> engine >> g.stage("detokenize", "detokenizer", num_cpus=0, options=text)
+    text, opts = {"model": path}, {"model": path, **OPTIONS}
+    prefill = g.stage("prefill", "prefill", num_cpus=0.5, shards=2, options=opts)
+    decode = g.stage("decode", "decode", num_cpus=0.5, shards=2, options=opts)
+    tokenize = g.stage("tokenize", "tokenizer", num_cpus=0, options=text)
+    tokenize >> prefill >> decode >> g.stage("detokenize", "detokenizer", num_cpus=0, options=text)
     handle = g.deploy(recovery=False)
     try:
         out = handle.generate(PROMPTS, GREEDY)
-        assert [o.outputs[0].token_ids for o in out] == unsharded_tokens("llama")
-        assert handle.stats()["engine"][0]["batches_in"] > 0
-        groups = ray_session.util.placement_group_table().values()
-        assert any(pg["state"] == "CREATED" and len(pg["bundles"]) == 1 for pg in groups)  # the stage's second shard
+        assert [o.outputs[0].token_ids for o in out] == unsharded("llama")[0]
+        assert handle.stats()["decode"][0]["batches_in"] > 0
+        # one group per replica, its bundle 0 for the stage actor (rank 0), bundle 1 for rank 1
+        groups = [pg for pg in ray_session.util.placement_group_table().values() if pg["state"] == "CREATED"]
+        for stage in ("prefill", "decode"):
+            (group,) = [pg for pg in groups if pg["name"] == f"sharded/{stage}/0"]
+            assert group["strategy"] == "PACK" and len(group["bundles"]) == 2
+        assert not [pg for pg in groups if pg["name"] == ""]  # the shard workers made no group of their own
     finally:
         handle.shutdown()
+    table = ray_session.util.placement_group_table().values()
+    assert {pg["state"] for pg in table if pg["name"].startswith("sharded/")} == {"REMOVED"}
 
 
 @pytest.mark.parametrize(

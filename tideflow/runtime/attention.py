@@ -22,8 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from tideflow.runtime.kv_cache import RELEASED
 
 ATTENTION_NAME = "tideflow"
 DEFAULT_BACKEND = "auto"
@@ -48,6 +51,32 @@ class PagedKVCache:
         k, v = self.k[layer], self.v[layer]
         shape = (-1, self.block_size, k.shape[-2], k.shape[-1])
         return k.view(shape), v.view(shape)
+
+    def read(self, block_table: list[int], num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """The K and V of a sequence's first `num_tokens` tokens: [layers, tokens, kv_heads, head_dim]
+        each; zeros where the blocks were released (outside the sliding window, never read again)."""
+        slots, live = self._slots(block_table, num_tokens)
+        k = self.k[:, slots].cpu().numpy()
+        v = self.v[:, slots].cpu().numpy()
+        if not live.all():
+            k[:, ~live] = 0
+            v[:, ~live] = 0
+        return k, v
+
+    def write(self, block_table: list[int], k: np.ndarray, v: np.ndarray) -> None:
+        """Write K/V taken by `read` (possibly from another cache) into a sequence's blocks."""
+        slots, live = self._slots(block_table, k.shape[1])
+        slots = slots[torch.from_numpy(live).to(slots.device)]
+        self.k[:, slots] = torch.from_numpy(np.asarray(k)[:, live]).to(self.k.device, self.k.dtype)
+        self.v[:, slots] = torch.from_numpy(np.asarray(v)[:, live]).to(self.v.device, self.v.dtype)
+
+    def _slots(self, block_table: list[int], num_tokens: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Cache slots of the first `num_tokens` positions, and which of them sit in live blocks."""
+        pos = np.arange(num_tokens)
+        blocks = np.asarray(block_table, dtype=np.int64)[pos // self.block_size]
+        live = blocks != RELEASED
+        slots = np.where(live, blocks * self.block_size + pos % self.block_size, 0)
+        return torch.from_numpy(slots).to(self.k.device), live
 
 
 @dataclass(slots=True)

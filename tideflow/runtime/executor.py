@@ -18,6 +18,7 @@ from tideflow.actors.router import Router
 from tideflow.outputs import RequestOutput
 from tideflow.runtime.collector import RequestError, copy_output, empty_output
 from tideflow.runtime.ingress import normalize, request_batch, request_row
+from tideflow.runtime.placement import release, replica_placement
 
 NAMESPACE = "tideflow"
 
@@ -88,9 +89,10 @@ def deploy(
     try:
         ray.get(refs)  # also surfaces constructor failures (bad model path ...)
     except Exception:
-        for handles in actors.values():
-            for a in handles.values():
+        for stage, handles in actors.items():
+            for i, a in handles.items():
                 ray.kill(a)
+                launcher.release(stage, i)
         ray.kill(collector)
         if coordinator is not None:
             ray.kill(coordinator)
@@ -135,6 +137,7 @@ class ReplicaLauncher:
         self.remote_cls = ray.remote(stage_cls)
         self.recovery = recovery
         self.inbox_size = inbox_size
+        self.groups: dict[tuple[str, int], object] = {}  # (stage, replica) -> its placement group
 
     def start(self, stage: str, replica: int):
         spec = self.compiled.stage(stage)
@@ -144,10 +147,19 @@ class ReplicaLauncher:
             namespace=NAMESPACE, num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, resources=spec.resources_dict,
             max_concurrency=64, max_restarts=restarts, max_task_retries=-1 if restarts else 0,
         )
+        name = f"{self.compiled.name}/{stage}/{replica}"
+        self.release(stage, replica)  # a replica index handed out again (rescale) gets a fresh group
+        placement, group = replica_placement(spec, name)
+        if group is not None:
+            self.groups[(stage, replica)] = group
         context = StageContext(self.compiled.name, stage, replica, role_options(spec))
-        return self.remote_cls.options(name=f"{self.compiled.name}/{stage}/{replica}", **opts).remote(
+        return self.remote_cls.options(name=name, **opts, **placement).remote(
             self.compiled.roles[stage], context, queue, self.recovery
         )
+
+    def release(self, stage: str, replica: int) -> None:
+        """Give back the placement group of a replica that was killed (sharded stages only)."""
+        release(self.groups.pop((stage, replica), None))
 
     def wiring(self, stage: str, actors: dict, collector, coordinator):
         from tideflow.runtime.stage_actor import Wiring
@@ -329,6 +341,9 @@ class GraphHandle:
         ray.wait([r[0] for r in self._runs.values()], num_returns=len(self._runs), timeout=30)
         for a in handles:
             ray.kill(a)
+        if self._launcher is not None:
+            for stage, replica in list(self._launcher.groups):
+                self._launcher.release(stage, replica)
         ray.kill(self.collector)
         if self.coordinator is not None:
             ray.kill(self.coordinator)

@@ -44,32 +44,12 @@ class ModelRunner:
         return self.sampler(logits, batch.sampled_seqs)
 
     def read_kv(self, block_table: list[int], num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-        """The K and V of a sequence's first `num_tokens` tokens: [layers, tokens, kv_heads, head_dim]
-        each; zeros where the blocks were released (outside the sliding window, never read again)."""
-        slots, live = self._slots(block_table, num_tokens)
-        k = self.kv_cache.k[:, slots].cpu().numpy()
-        v = self.kv_cache.v[:, slots].cpu().numpy()
-        if not live.all():
-            k[:, ~live] = 0
-            v[:, ~live] = 0
-        return k, v
+        """The K and V of a sequence's first `num_tokens` tokens (see `PagedKVCache.read`)."""
+        return self.kv_cache.read(block_table, num_tokens)
 
     def write_kv(self, block_table: list[int], k: np.ndarray, v: np.ndarray) -> None:
         """Write K/V read by `read_kv` (possibly on another replica) into this cache's blocks."""
-        slots, live = self._slots(block_table, k.shape[1])
-        slots = slots[torch.from_numpy(live).to(slots.device)]
-        k_src = torch.from_numpy(np.asarray(k)[:, live]).to(self.kv_cache.k.device, self.kv_cache.k.dtype)
-        v_src = torch.from_numpy(np.asarray(v)[:, live]).to(self.kv_cache.v.device, self.kv_cache.v.dtype)
-        self.kv_cache.k[:, slots] = k_src
-        self.kv_cache.v[:, slots] = v_src
-
-    def _slots(self, block_table: list[int], num_tokens: int) -> tuple[torch.Tensor, np.ndarray]:
-        """Cache slots of the first `num_tokens` positions, and which of them sit in live blocks."""
-        pos = np.arange(num_tokens)
-        blocks = np.asarray(block_table, dtype=np.int64)[pos // self.block_size]
-        live = blocks != RELEASED
-        slots = np.where(live, blocks * self.block_size + pos % self.block_size, 0)
-        return torch.from_numpy(slots).to(self.device), live
+        self.kv_cache.write(block_table, k, v)
 
     def _decode_groups(self, num_new, context, cu, tables) -> list[DecodeGroup]:
         """Decode rows sorted by context length, `decode_group_rows` at a time, each group's

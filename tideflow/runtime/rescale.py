@@ -101,8 +101,9 @@ def _shrink(handle, stage: str, count: int, launcher, actors, timeout: float) ->
     for i, a in victims.items():
         a.stop.remote()
     ray.wait([handle._runs.pop(f"{handle.graph.name}/{stage}/{i}")[0] for i in victims], num_returns=len(victims), timeout=30)
-    for a in victims.values():
+    for i, a in victims.items():
         ray.kill(a)
+        launcher.release(stage, i)
     downstream = handle.graph.downstream(stage)
     calls = [a.rewire.remote(launcher.wiring(s, actors, handle.collector, handle.coordinator)) for s in downstream for a in actors[s].values()]
     ray.get(calls)

@@ -136,6 +136,14 @@ class ShardWorker:
             narrowed=True,
         )
 
+    def read_kv(self, block_table: list[int], num_tokens: int):
+        """This rank's kv heads of a sequence's K/V (see `PagedKVCache.read`)."""
+        return self.kv_cache.read(block_table, num_tokens)
+
+    def write_kv(self, block_table: list[int], k, v) -> None:
+        """Write this rank's kv heads of a sequence's K/V into its blocks."""
+        self.kv_cache.write(block_table, k, v)
+
     def forward(self, step: ShardStep) -> None:
         """Run one step's sharded forward (its all-reduces pair with the other ranks')."""
         step = step.to(self.device)

@@ -2,7 +2,9 @@
 
 Rank 0 is the engine's own process: it keeps the scheduler and the sampler, prepares each
 step as `ModelRunner` does and runs its shard of the forward. Ranks 1..k-1 are `ShardWorker`
-Ray actors, started in one placement group (PACK on CPU, STRICT_PACK on GPUs) and tied to
+Ray actors (inside a graph replica they take bundles 1..k-1 of the replica's own placement
+group; in-process they get a group of their own, PACK on CPU, STRICT_PACK on GPUs: see
+`tideflow.runtime.placement`), tied to
 rank 0 by a torch.distributed process group (gloo on CPU, nccl on CUDA) that meets at a TCP
 store rank 0 hosts. Each step rank 0 puts the step's packed inputs in the object store once,
 asks every worker to run it, runs its own shard (the all-reduces keep the ranks in lockstep)
@@ -15,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import weakref
 
+import numpy as np
 import torch
 
 from tideflow.runtime.batch import ScheduledBatch
 from tideflow.runtime.model_runner import ModelRunner
+from tideflow.runtime.placement import release, shard_bundles
 from tideflow.runtime.shard_worker import ShardStep, all_reduce_over, host_store, join_group
 
 RAY_NAMESPACE = "tideflow"
@@ -47,10 +51,28 @@ class ShardedModelRunner(ModelRunner):
         return logits
 
     def read_kv(self, block_table, num_tokens):
-        raise NotImplementedError("tensor_parallel_size > 1: the KV of a sequence is spread over the ranks")
+        """The whole K/V of a sequence, every rank's kv heads side by side in rank order (rank r
+        holds heads r*h..(r+1)*h-1): the layout an unsharded cache holds, so a sharded prefill
+        can hand over to a decode replica of any shard count."""
+        import ray
+
+        parts = [w.read_kv.remote(block_table, num_tokens) for w in self.workers]
+        k, v = self.kv_cache.read(block_table, num_tokens)
+        rest = ray.get(parts)
+        return np.concatenate([k, *(p[0] for p in rest)], axis=2), np.concatenate([v, *(p[1] for p in rest)], axis=2)
 
     def write_kv(self, block_table, k, v):
-        raise NotImplementedError("tensor_parallel_size > 1: the KV of a sequence is spread over the ranks")
+        """Write a whole K/V (as `read_kv` returns it) into the sequence's blocks: each rank
+        takes its slice of the kv heads."""
+        import ray
+
+        heads = self.kv_cache.k.shape[2]
+        pending = [
+            w.write_kv.remote(block_table, k[:, :, r * heads : (r + 1) * heads], v[:, :, r * heads : (r + 1) * heads])
+            for r, w in enumerate(self.workers, start=1)
+        ]
+        self.kv_cache.write(block_table, k[:, :, :heads], v[:, :, :heads])
+        ray.get(pending)
 
     def close(self) -> None:
         """Stop the other ranks and give back their placement group (also done when the runner
@@ -59,13 +81,15 @@ class ShardedModelRunner(ModelRunner):
 
 
 def _release(workers, placement) -> None:
+    """Kill the rank actors; remove their placement group when the runner created it (None:
+    the group is the replica's, removed by the executor)."""
     import ray
 
     if not ray.is_initialized():
         return
     for w in workers:
         ray.kill(w)
-    ray.util.remove_placement_group(placement)
+    release(placement)
 
 
 def start_sharded_runner(config, model, kv_cache, sampler, num_blocks: int, decode_group_rows) -> ShardedModelRunner:
@@ -90,16 +114,15 @@ def start_sharded_runner(config, model, kv_cache, sampler, num_blocks: int, deco
         ray.init(namespace=RAY_NAMESPACE)
     device = torch.device(config.parallel.device)
     gpu = device.type == "cuda"
-    bundle = {"CPU": 1.0, "GPU": 1.0} if gpu else {"CPU": 1.0}
-    placement = ray.util.placement_group([bundle] * (world - 1), strategy="STRICT_PACK" if gpu else "PACK")
-    ray.get(placement.ready())
+    group, bundles, options, owned = shard_bundles(world, gpu)
+    placement = group if owned else None  # what this runner removes when it stops
+    ray.get(group.ready())
     actor = ray.remote(ShardWorker)
     workers = [
         actor.options(
-            num_cpus=1, num_gpus=1 if gpu else 0,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=rank - 1),
+            **options, scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index),
         ).remote(config, rank, world, num_blocks)
-        for rank in range(1, world)
+        for rank, index in zip(range(1, world), bundles)
     ]
     try:
         ray.get([w.ready.remote() for w in workers])  # loaded and sharded (surfaces a failed load)

@@ -43,6 +43,12 @@ from tideflow.actors.base import AbortUpstream, Emission, StageContext, resolve_
 from tideflow.actors.router import Router
 from tideflow.runtime.checkpoint_barriers import INGRESS, Barrier, BarrierAligner
 
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 @dataclass(slots=True)
 class _Entry:
     """One inbox item."""
@@ -83,6 +89,7 @@ class StageActor:
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.context = context
         self.name = f"{context.stage}/{context.replica}"  # this replica's sender name downstream
+        self.node_id = _node_id()  # the Ray node this replica runs on (in `stats`)
         self.role = resolve_role(role)(context)
         self.inbox_size = inbox_size
         self.cv = threading.Condition()
@@ -215,6 +222,7 @@ class StageActor:
             "busy_s": self.busy_s,
             "replayed": self.replayed,
             "restore_s": self.restore_s,
+            "node_id": self.node_id,
         }
 
     def ready(self) -> str:
