@@ -64,7 +64,7 @@ def _batch(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     benches = {"offline": "tideflow.bench.offline", "graph": "tideflow.bench.graph", "serve": "tideflow.bench.serve",
-               "kernels": "tideflow.bench.kernels", "batch": "tideflow.bench.batch"}
+               "kernels": "tideflow.bench.kernels", "batch": "tideflow.bench.batch", "recovery": "tideflow.bench.recovery"}
     if not args.rest or args.rest[0] not in benches:
         print(f"usage: tideflow bench {{{','.join(benches)}}} [options]  (--help after the name for its options)", file=sys.stderr)
         return 2
@@ -130,10 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tideflow", description="Serve and batch-run LLMs on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="serve the embedded default model and stream a few chats through it")
+    demo = sub.add_parser(
+        "demo", help="serve the embedded default model and stream greedy completions of Python prompts through it"
+    )
     demo.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
     demo.add_argument("--num-requests", "--num-prompts", dest="num_requests", type=int, default=3,
-                      help="streamed chat requests to send")
+                      help="streamed completion requests to send")
     demo.add_argument("--port", type=int, default=0, help="HTTP port (default: any free port)")
     demo.add_argument("--max-tokens", type=int, default=48)
     demo.set_defaults(func=_demo)
@@ -175,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or a local instance)")
     batch.set_defaults(func=_batch)
 
-    bench = sub.add_parser("bench", help="benchmarks: `tideflow bench offline|graph|serve|kernels|batch --help`", add_help=False)
+    bench = sub.add_parser("bench", help="benchmarks: `tideflow bench offline|graph|serve|kernels|batch|recovery --help`", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
 

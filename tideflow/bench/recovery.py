@@ -1,13 +1,15 @@
 """What recovery costs: graph throughput with and without checkpointing (side by side, one
 run), and how long a killed decode replica takes to come back.
 
-    python -m tideflow.runtime.recovery_bench [--model DIR] [--kills 3] [--json out.json]
+    tideflow bench recovery [--model DIR] [--kills 3] [--json out.json]
 
 Throughput: the same seeded trace through the disaggregated graph deployed with
 `recovery=False` and with recovery on (`--interval` seconds between checkpoints), alternating
 `--rounds` times. Recovery: streams run through the graph while decode replica 0 is killed
-(SIGKILL-like `ray.kill(no_restart=False)`); per kill, the time until the restarted replica
-answers (restored and replaying) and the longest pause any stream saw across the kill.
+(SIGKILL-like `ray.kill(no_restart=False)`) once every stream has output; per kill, the time
+until the restarted replica answers (restored and replaying) and the longest pause any stream
+saw across the kill (the streams the killed replica held wait for its restart; the others
+should not pause).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def throughput(model: str, rounds: int, count: int, max_tokens: int, interval: f
 
     prompts, params = _trace(count, max_tokens, seed=0)
     results: dict[str, list[float]] = {"off": [], "on": []}
-    for _ in range(rounds):
-        for mode in ("off", "on"):
+    for r in range(rounds):
+        for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):  # neither always goes first
             graph = disaggregated(model, prefill=1, decode=2, dtype="float32", name=f"bench-{mode}")
             kwargs = {"recovery": False} if mode == "off" else {"checkpoint_interval": interval}
             handle = graph.deploy(**kwargs)
@@ -103,7 +105,7 @@ def recovery_times(model: str, kills: int, count: int, max_tokens: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tideflow.runtime.recovery_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tideflow bench recovery", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model directory (default: a tiny random Llama)")
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1)
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         tp = throughput(model, args.rounds, args.requests, args.max_tokens, args.interval)
         print(f"  ratio on/off: {tp['ratio_on_off']:.3f}")
     print("recovery after killing decode replica 0:")
-    rec = recovery_times(model, args.kills, args.requests // 2, args.max_tokens * 2)
+    # long outputs, so that the streams are still running when the replica is killed
+    rec = recovery_times(model, args.kills, args.requests // 2, args.max_tokens * 8)
     print(f"  median: replica back {rec['restart_median_s']:.2f} s, stream pause {rec['pause_median_s']:.2f} s")
     if args.json:
         with open(args.json, "w") as f:
