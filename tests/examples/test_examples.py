@@ -13,8 +13,9 @@ from tideflow.graphs import Graph
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_disaggregated_graph_example_runs(tiny_model_dir):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+def test_disaggregated_graph_example_runs(ray_session, tiny_model_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}  # joins the session's Ray
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "disaggregated_graph.py"), tiny_model_dir("llama")],
         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
