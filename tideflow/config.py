@@ -159,3 +159,61 @@ def _config_len(model: str) -> int:
     from tideflow.models import model_max_len
 
     return model_max_len(AutoConfig.from_pretrained(model))
+
+
+EXPERT_PLACEMENTS = ("even", "balanced")
+
+
+@dataclass(frozen=True)
+class ExpertParallelConfig:
+    """Where a MoE model's experts run: on `actors` Ray actors beside the engine, which keeps
+    attention and routing (tideflow.runtime.expert_parallel). Built from the flat `expert_*`
+    options of an engine-owning stage by `expert_parallel_config`."""
+
+    actors: int  # expert actors K, in [1, routed experts per layer] (checked against the model when it loads)
+    placement: str = "even"  # one of EXPERT_PLACEMENTS (tideflow.models.expert_placement)
+    # per-expert token counts that "balanced" places by: [moe layer][expert] (or one [expert]
+    # list for every layer), e.g. a previous run's `expert_tokens` stat; None: a warm-up run
+    load: tuple | None = None
+    warmup_tokens: int = 512  # prompt tokens of the warm-up run ("balanced" without `load`)
+    num_cpus: float = 1.0  # Ray CPUs each expert actor asks for
+    num_threads: int = 1  # torch threads of each expert actor
+
+    def __post_init__(self):
+        a = self.actors
+        if isinstance(a, bool) or not isinstance(a, int) or a < 1:
+            raise ValueError(f"expert_actors must be an integer >= 1, got {a!r}")
+        if self.placement not in EXPERT_PLACEMENTS:
+            raise ValueError(f"expert_placement must be one of {EXPERT_PLACEMENTS}, got {self.placement!r}")
+        if self.warmup_tokens < 1:
+            raise ValueError(f"expert_warmup_tokens must be positive, got {self.warmup_tokens!r}")
+        if self.num_cpus < 0:
+            raise ValueError(f"expert_cpus must be >= 0, got {self.num_cpus!r}")
+        if self.num_threads < 1:
+            raise ValueError(f"expert_threads must be positive, got {self.num_threads!r}")
+
+
+# engine-stage option -> ExpertParallelConfig field
+EXPERT_OPTIONS = {
+    "expert_actors": "actors",
+    "expert_placement": "placement",
+    "expert_load": "load",
+    "expert_warmup_tokens": "warmup_tokens",
+    "expert_cpus": "num_cpus",
+    "expert_threads": "num_threads",
+}
+
+
+def expert_parallel_config(options: dict) -> tuple[ExpertParallelConfig | None, dict]:
+    """Split a stage's flat options into the expert-parallel config (None when `expert_actors`
+    is absent) and the rest. `expert_*` options without `expert_actors` raise ValueError."""
+    given = {EXPERT_OPTIONS[k]: v for k, v in options.items() if k in EXPERT_OPTIONS}
+    rest = {k: v for k, v in options.items() if k not in EXPERT_OPTIONS}
+    if not given:
+        return None, rest
+    if "actors" not in given:
+        raise ValueError(f"expert options {sorted(k for k in options if k in EXPERT_OPTIONS)} need expert_actors")
+    if given.get("load") is not None:
+        load = given["load"]
+        given["load"] = tuple(tuple(r) if hasattr(r, "__len__") else r for r in load)
+    return ExpertParallelConfig(**given), rest

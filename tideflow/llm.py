@@ -10,7 +10,9 @@ from tideflow.config import engine_config
 from tideflow.outputs import RequestOutput
 from tideflow.sampling_params import SamplingParams
 
-PromptType = str | dict[str, Any]  # "text" | {"prompt": "text"} | {"prompt_token_ids": [...]}
+# "text" | {"prompt": "text"} | {"prompt_token_ids": [...]}; a dict may add
+# "multi_modal_data": {"image": [PIL images or encoded bytes]} for a multimodal model
+PromptType = str | dict[str, Any]
 
 
 class LLM:
@@ -50,13 +52,14 @@ class LLM:
         prompts = list(prompts)
         params = self._params_per_prompt(sampling_params, len(prompts))
         encoded = [self._encode(p) for p in prompts]
-        for (text, ids), sp in zip(encoded, params):
-            self.engine.check_request(ids, sp)
+        images = [_images(p) for p in prompts]
+        for (text, ids), imgs, sp in zip(encoded, images, params):
+            self.engine.check_request(ids, sp, images=imgs)
         request_ids = []
         try:
-            for (text, ids), sp in zip(encoded, params):
+            for (text, ids), imgs, sp in zip(encoded, images, params):
                 rid = str(next(self._ids))
-                self.engine.add_request(rid, ids, sp, prompt=text)
+                self.engine.add_request(rid, ids, sp, prompt=text, images=imgs)
                 request_ids.append(rid)
         except ValueError:
             for rid in request_ids:
@@ -128,3 +131,15 @@ class LLM:
                 return self._encode(prompt["prompt"])
         raise ValueError(f"prompt: expected a string or a dict with 'prompt' or 'prompt_token_ids', got {type(prompt).__name__}")
 
+
+def _images(prompt: PromptType) -> list | None:
+    """The images of a prompt (`{"multi_modal_data": {"image": [...]}}`), or None."""
+    data = prompt.get("multi_modal_data") if isinstance(prompt, dict) else None
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"multi_modal_data: expected a dict such as {{'image': [...]}}, got {type(data).__name__}")
+    unknown = sorted(set(data) - {"image"})
+    if unknown:
+        raise ValueError(f"multi_modal_data: only 'image' is supported, got {unknown}")
+    return data.get("image")

@@ -105,6 +105,7 @@ ROLES: dict[str, str] = {
     "prefill": "tideflow.actors.prefill:Prefill",
     "decode": "tideflow.actors.decode:Decode",
     "detokenizer": "tideflow.actors.detokenizer:Detokenizer",
+    "encoder": "tideflow.actors.encoders:Encoder",
 }
 
 

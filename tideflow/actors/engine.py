@@ -17,6 +17,11 @@ from tideflow.actors.state import (
 )
 from tideflow.graphs import schemas
 
+
+def features_key(request_id: str) -> str:
+    """The attachment key of a request's image features (an encoder stage sends them)."""
+    return f"{request_id}/0"
+
 # options that describe the stage, not the engine
 _STAGE_OPTIONS = ("model", "num_threads", "max_pending", "checkpoint_kv")
 
@@ -28,27 +33,46 @@ def capacity(options: dict) -> int:
 
 
 def build_engine(options: dict):
-    """An engine core (no detokenizer: text is the detokenizer stage's job) from stage options."""
-    from tideflow.config import engine_config
+    """An engine core (no detokenizer: text is the detokenizer stage's job) from stage options.
+    `expert_*` options (`expert_actors=K` ...) move the MoE experts onto K expert actors
+    started beside the core (tideflow.runtime.expert_parallel), held as `core.expert_parallel`."""
+    from tideflow.config import engine_config, expert_parallel_config
     from tideflow.runtime.engine import Engine as EngineCore
 
     if "num_threads" in options:
         import torch
 
         torch.set_num_threads(int(options["num_threads"]))
-    engine_options = {k: v for k, v in options.items() if k not in _STAGE_OPTIONS}
-    return EngineCore(engine_config(options["model"], **engine_options), detokenize=False)
+    experts, engine_options = expert_parallel_config({k: v for k, v in options.items() if k not in _STAGE_OPTIONS})
+    core = EngineCore(engine_config(options["model"], **engine_options), detokenize=False)
+    if experts is not None:
+        from tideflow.runtime.expert_parallel import start_expert_parallel
+
+        core.expert_parallel = start_expert_parallel(core, experts)
+    return core
 
 
-def admit(core, row: dict, producer: int) -> dict | None:
-    """Queue one TOKENIZED row on `core`; an error row when it cannot run."""
+def admit(core, row: dict, producer: int, attachments: dict | None = None) -> dict | None:
+    """Queue one TOKENIZED row on `core`; an error row when it cannot run. The row's images
+    come with their features when an encoder stage sent them (`attachments`), else the engine
+    encodes them itself (a replayed row, or a graph without an encoder stage)."""
     if row.get("error"):
         return error_row(row["request_id"], row["error"], producer)
+    features = (attachments or {}).get(features_key(row["request_id"])) if row.get("images") else None
     try:
-        core.add_request(row["request_id"], row["prompt_token_ids"], schemas.row_to_params(row["sampling"]), row["prompt"])
+        core.add_request(
+            row["request_id"], row["prompt_token_ids"], schemas.row_to_params(row["sampling"]), row["prompt"],
+            images=row.get("images"), image_features=features,
+        )
     except (ValueError, TypeError) as exc:
         return error_row(row["request_id"], str(exc), producer)
     return None
+
+
+def expert_stats(parallel) -> dict:
+    """An expert-parallel engine's per-expert token counts, placement and dispatch cost, and
+    each expert actor's own counts (`expert_actor_stats`, one round trip to the actors)."""
+    return {**parallel.stats(), "expert_actor_stats": parallel.actor_stats()}
 
 
 def engine_stats(core) -> dict:
@@ -60,6 +84,8 @@ def engine_stats(core) -> dict:
         "prefix_cache_queries": blocks.stats.queries,
         "prefix_cache_hits": blocks.stats.hits,
         "num_preemptions": core.scheduler.num_preemptions,
+        **(expert_stats(core.expert_parallel) if hasattr(core, "expert_parallel") else {}),
+        "images_encoded": core.images.num_encoded,  # images this engine ran its own vision tower on
     }
 
 
@@ -81,7 +107,7 @@ class Engine(StageRole):
         for row in batch.to_pylist():
             if row["request_id"] in self.core.requests or row["request_id"] in self.done:
                 continue  # a replayed or retried input this engine already holds
-            err = admit(self.core, row, self.context.replica)
+            err = admit(self.core, row, self.context.replica, attachments)
             if err is not None:
                 self.ready.append(err)
 

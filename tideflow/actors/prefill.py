@@ -34,7 +34,10 @@ class Prefill(StageRole):
         for row in batch.to_pylist():
             if row["request_id"] in self.core.requests or row["request_id"] in self.done:
                 continue  # a replayed or retried input this replica already holds
-            err = admit(self.core, row, self.context.replica)
+            err = admit(self.core, row, self.context.replica) if not row.get("images") else {
+                "error": "multi_modal_data: a prefill/decode graph does not carry images (decode recomputes "
+                "prompts without them); use graphs.builtin.multimodal or colocated"
+            }
             if err is not None:  # errors travel on as finished rows
                 self.ready.append(
                     {"request_id": row["request_id"], "index": 0, "prompt_token_ids": [], "finished": True,

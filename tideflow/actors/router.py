@@ -7,7 +7,9 @@ Policies, chosen by the downstream role's `routing`:
   it is much busier than the least loaded one; otherwise least loaded. Prefixes are
   tracked as chained block hashes, the same ones the KV block manager publishes;
 - `sticky`: a stable hash of the request id, so every row of a request reaches the same
-  (stateful) replica.
+  (stateful) replica;
+- `image`: a stable hash of the row's first image (the request id when it has none), so a
+  repeated image reaches the encoder replica that cached its features.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pyarrow as pa
 
 from tideflow.runtime.kv_cache import block_hash
 
-POLICIES = ("least_loaded", "prefix", "sticky")
+POLICIES = ("least_loaded", "prefix", "sticky", "image")
 
 
 class Router:
@@ -66,6 +68,11 @@ class Router:
         if self.policy == "sticky":
             alive = self._alive()
             return alive[zlib.crc32(row["request_id"].encode()) % len(alive)]
+        if self.policy == "image":
+            alive = self._alive()
+            images = row.get("images")
+            key = images[0] if images else row["request_id"].encode()
+            return alive[zlib.crc32(key) % len(alive)]
         if self.policy == "prefix":
             replica = self._by_prefix(row.get("prompt_token_ids") or [])
         else:

@@ -3,7 +3,8 @@
 Everything here becomes msgpack-able dicts and lists (no pickles): a snapshot can be read by
 another process, another version, or a person. A sequence is saved by its tokens and
 sampling state, not its KV: restoring it queues it for recompute (re-prefill), which under
-counter-based sampling seeds yields the same next tokens. `kv` optionally carries its K/V.
+counter-based sampling seeds yields the same next tokens. `kv` optionally carries its K/V; a
+multimodal prompt also keeps its image features (recomputing it needs them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from tideflow.actors.rows import decode_logprobs, encode_logprobs
 from tideflow.graphs import schemas
+from tideflow.runtime.multimodal import ImageInputs
 from tideflow.runtime.sequence import Sequence, SequenceStatus
 
 
@@ -37,7 +39,29 @@ def seq_state(seq: Sequence, kv: tuple[np.ndarray, np.ndarray] | None = None) ->
     if kv is not None:
         k, v = kv
         state["kv"] = {"shape": list(k.shape), "dtype": str(k.dtype), "k": k.tobytes(), "v": v.tobytes()}
+    if seq.images is not None:  # a multimodal prompt: recomputing it needs its image features
+        state["images"] = _images_state(seq.images)
     return state
+
+
+def _images_state(images: ImageInputs) -> dict:
+    features = [np.ascontiguousarray(f.cpu().numpy()) for f in images.features]
+    return {
+        "hashes": list(images.hashes),
+        "spans": [list(span) for span in images.spans],
+        "features": [{"shape": list(f.shape), "dtype": str(f.dtype), "data": f.tobytes()} for f in features],
+    }
+
+
+def _images_from_state(state: dict | None) -> ImageInputs | None:
+    if state is None:
+        return None
+    import torch
+
+    features = [
+        torch.from_numpy(np.frombuffer(f["data"], np.dtype(f["dtype"])).reshape(f["shape"]).copy()) for f in state["features"]
+    ]
+    return ImageInputs(list(state["hashes"]), [tuple(span) for span in state["spans"]], features)
 
 
 def seq_from_state(state: dict) -> Sequence:
@@ -51,6 +75,7 @@ def seq_from_state(state: dict) -> Sequence:
     seq.logprobs = decode_logprobs(state["logprobs"])
     seq.cumulative_logprob = state["cumulative_logprob"]
     seq.num_cached_tokens = state["num_cached_tokens"]
+    seq.images = _images_from_state(state.get("images"))
     if state["finished"]:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason, seq.stop_reason = state["finish_reason"], state["stop_reason"]

@@ -26,6 +26,7 @@ class Tokenizer(StageRole):
     def push(self, batch: pa.RecordBatch, attachments=None) -> None:
         for row in batch.to_pylist():
             out = {k: row[k] for k in ("request_id", "prompt", "sampling", "arrival_time")}
+            out["images"] = row.get("images")  # placeholders are expanded by the engine, which knows the model
             try:
                 out["prompt"], out["prompt_token_ids"] = self._encode(row)
             except (ValueError, TypeError, KeyError) as exc:

@@ -149,13 +149,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-output", type=int, default=256)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--json", dest="json_path", default=None)
+    p.add_argument("--graph", default=None, help="moe: the moe graph against the colocated engine on a MoE model "
+                   "(tideflow.bench.moe_graph; defaults then: 32 requests, prompts <= 256, outputs <= 64)")
+    p.add_argument("--expert-actors", type=int, default=2, help="--graph moe: expert actors")
     args = p.parse_args(argv)
+    if args.graph == "moe":
+        return _moe_main(args, argv or [])
     model = args.model or str(bench_model(default_model_dir()))
     result = run_graph_bench(
         model, num_requests=args.num_requests, seed=args.seed, systems=tuple(args.systems.split(",")),
         dtype=args.dtype, max_prompt=args.max_prompt, max_output=args.max_output, json_path=args.json_path,
     )
     print(format_table(result))
+    return 0
+
+
+def _moe_main(args, argv: list[str]) -> int:
+    from tideflow.bench.moe_graph import format_moe_table, moe_bench_model, run_moe_bench
+
+    given = {a.split("=")[0] for a in argv}  # the trace defaults differ from the dense benchmark's
+    sizes = {k: getattr(args, k) for k, flag in (("num_requests", "--num-requests"), ("max_prompt", "--max-prompt"),
+                                                 ("max_output", "--max-output")) if flag in given}
+    result = run_moe_bench(
+        args.model or str(moe_bench_model()), expert_actors=args.expert_actors, seed=args.seed, dtype=args.dtype,
+        json_path=args.json_path, **sizes,
+    )
+    print(format_moe_table(result))
     return 0
 
 

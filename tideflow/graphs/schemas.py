@@ -42,6 +42,7 @@ REQUESTS = pa.schema(
         ("prompt_token_ids", pa.list_(pa.int32())),  # pre-tokenized prompt, or null
         ("sampling", SAMPLING),
         ("arrival_time", pa.float64()),  # wall-clock seconds
+        ("images", pa.list_(pa.binary())),  # encoded images (PNG, JPEG ...) of a multimodal prompt, or null
     ]
 )
 
@@ -54,6 +55,9 @@ TOKENIZED = pa.schema(
         ("sampling", SAMPLING),
         ("arrival_time", pa.float64()),
         ("error", pa.string()),  # why the request was rejected upstream, or null
+        # encoded images of a multimodal prompt, or null; an encoder stage sends their features
+        # beside the batch (attachment "request_id/0": [tokens_per_image, hidden] per image)
+        ("images", pa.list_(pa.binary())),
     ]
 )
 

@@ -7,6 +7,11 @@ transformers splits an MoE block in two: a router module (`gate`: linear -> soft
 - `EXPERTS_NAME` ("tideflow") is registered in `ExpertsInterface`: `permute` groups the
   (token, slot) assignments by expert, each expert runs its MLP as one dense matmul over its
   contiguous rows, and `combine` sums weight * output back per token.
+- `DISPATCH_NAME` ("tideflow_dispatch") is the experts function of expert-parallel engines:
+  it hands each layer's hidden states, top-k ids and weights to the callable bound on that
+  experts module (`bind_dispatch`), which sends the rows to the expert actors that own the
+  chosen experts (`tideflow.runtime.expert_parallel`). Bound per module, so each layer knows
+  which layer it is without any global state.
 - `use_tideflow_routing` replaces the forward of router modules whose semantics are known
   (`ROUTERS`) so that softmax / top-k / renormalisation run in `route`. The router's linear
   layer stays a torch matmul. Unknown routers keep transformers' forward (their experts still
@@ -22,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tideflow.kernels.moe import combine, permute, route
+from tideflow.models.expert_mlp import expert_mlp
 
 EXPERTS_NAME = "tideflow"
 
@@ -48,6 +54,27 @@ def register_experts() -> str:
     return EXPERTS_NAME
 
 
+DISPATCH_NAME = "tideflow_dispatch"
+_DISPATCH_ATTR = "tideflow_dispatch"  # experts module attribute holding its layer's dispatch callable
+
+
+def bind_dispatch(model, dispatch: dict) -> None:
+    """Route the experts modules of `model` through `DISPATCH_NAME`: `dispatch` maps each
+    experts module to a callable `(hidden_states [T, H], top_k_index [T, k], top_k_weights
+    [T, k]) -> [T, H]`. Sets the attribute on those modules and the model's experts implementation."""
+    from transformers.integrations.moe import ExpertsInterface
+
+    ExpertsInterface.register(DISPATCH_NAME, dispatch_forward)
+    for module, fn in dispatch.items():
+        setattr(module, _DISPATCH_ATTR, fn)
+    model.set_experts_implementation(DISPATCH_NAME)
+
+
+def dispatch_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+    """The experts function of `DISPATCH_NAME`: the module's bound dispatch callable."""
+    return getattr(self, _DISPATCH_ATTR)(hidden_states, top_k_index, top_k_weights)
+
+
 def experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
     """The experts function: hidden_states [T, H], top_k_index / top_k_weights [T, k] -> [T, H]."""
     if self._is_expert_parallel:
@@ -58,26 +85,8 @@ def experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor
     for e in range(self.num_experts):
         lo, hi = bounds[e], bounds[e + 1]
         if lo < hi:
-            out[lo:hi] = _expert_mlp(self, e, rows[lo:hi])
+            out[lo:hi] = expert_mlp(self, e, rows[lo:hi])
     return combine(out, plan, top_k_weights)
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> torch.Tensor:
-    out = x @ weight if transposed else F.linear(x, weight)
-    return out if bias is None else out + bias
-
-
-def _expert_mlp(experts, e: int, x: torch.Tensor) -> torch.Tensor:
-    """Expert e's MLP over its rows, honouring the layout flags transformers sets on the module."""
-    bias = experts.has_bias
-    if experts.has_gate:
-        h = _linear(x, experts.gate_up_proj[e], experts.gate_up_proj_bias[e] if bias else None, experts.is_transposed)
-        h = experts._apply_gate(h)
-    else:
-        h = _linear(x, experts.up_proj[e], experts.up_proj_bias[e] if bias else None, experts.is_transposed)
-        h = experts.act_fn(h)
-    out = _linear(h, experts.down_proj[e], experts.down_proj_bias[e] if bias else None, experts.is_transposed)
-    return experts.post_expert_norm(out) if experts.has_post_expert_norm else out
 
 
 def use_tideflow_routing(model: torch.nn.Module) -> int:

@@ -100,7 +100,8 @@ def load_model(
     trust_remote_code: bool = False,
     kernel_backend: str = "auto",
 ) -> tuple[PreTrainedModel, PretrainedConfig]:
-    """Load a causal LM in eval mode on `device`; return `(model, model.config)`.
+    """Load a causal LM (or an image-text-to-text model such as LLaVA) in eval mode on
+    `device`; return `(model, model.config)`.
 
     `attn_implementation` is any name `transformers` knows, including one registered with
     `transformers.AttentionInterface.register`; None keeps the transformers default.
@@ -117,15 +118,21 @@ def load_model(
     source = _source(path_or_id, required_file="config.json")
     hf_config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {}
+    vision = getattr(hf_config, "vision_config", None) is not None
     if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
+        # a multimodal model: the attention function is the language model's; the vision
+        # tower keeps transformers' default
+        kwargs["attn_implementation"] = {"text_config": attn_implementation} if vision else attn_implementation
     torch_dtype = resolve_dtype(dtype, hf_config, device)
     moe = _is_moe(hf_config)
     if moe and kernel_backend == "auto":
         kwargs["experts_implementation"] = register_experts()
     elif moe and str(torch_dtype) == "torch.float64":
         kwargs["experts_implementation"] = "eager"  # grouped_mm has no float64 kernel
-    model = AutoModelForCausalLM.from_pretrained(
+    auto_class = AutoModelForCausalLM
+    if vision:
+        from transformers import AutoModelForImageTextToText as auto_class
+    model = auto_class.from_pretrained(
         source,
         config=hf_config,
         dtype=torch_dtype,
@@ -140,8 +147,17 @@ def load_model(
 
 
 def _is_moe(hf_config: Any) -> bool:
+    return num_routed_experts(hf_config) > 0
+
+
+def num_routed_experts(hf_config: Any) -> int:
+    """Routed experts per MoE layer from the (text) config; 0 for a dense model."""
     text = hf_config.get_text_config()
-    return any(getattr(text, a, None) for a in ("num_local_experts", "num_experts", "n_routed_experts"))
+    for attr in ("num_local_experts", "num_experts", "n_routed_experts"):
+        value = getattr(text, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 0
 
 
 def model_max_len(hf_config: Any) -> int:

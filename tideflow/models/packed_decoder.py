@@ -54,9 +54,17 @@ NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "MixtralRMSNorm", "Qwen2RMS
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 
 
+def _decoder(model):
+    """The decoder stack: `model.model`, or the language model inside a multimodal wrapper
+    (LLaVA: `model.model.language_model`; its LM head stays `model.lm_head`)."""
+    base = getattr(model, "model", None)
+    language_model = getattr(base, "language_model", None)
+    return base if language_model is None else language_model
+
+
 def unsupported_reason(model) -> str | None:
     """Why `model` cannot run on `PackedDecoder`, or None when it can."""
-    base = getattr(model, "model", None)
+    base = _decoder(model)
     for owner, attr in ((model, "lm_head"), (base, "embed_tokens"), (base, "layers"), (base, "norm"), (base, "rotary_emb")):
         if owner is None or not hasattr(owner, attr):
             return f"{type(model).__name__} has no {attr}"
@@ -167,7 +175,7 @@ class PackedDecoder:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"PackedDecoder cannot run this model: {reason}")
-        base = model.model
+        base = _decoder(model)
         self.embed = base.embed_tokens
         self.rotary = base.rotary_emb
         self.norm, self.norm_eps = base.norm.weight, base.norm.variance_epsilon
@@ -177,8 +185,14 @@ class PackedDecoder:
             self.layers = [_layer(i, layer) for i, layer in enumerate(base.layers)]
 
     @torch.inference_mode()
-    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, meta, logits_rows: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta, logits_rows: torch.Tensor, images=None
+    ) -> torch.Tensor:
+        """`images`: (rows [k], features [k, hidden]) whose features replace the embeddings of
+        those rows (a multimodal prompt's image tokens), or None."""
         h = self.embed(input_ids)  # [T, hidden]
+        if images is not None:
+            h[images[0]] = images[1].to(h.dtype)
         cos, sin = self.rotary(h, positions[None])
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [T, 1, D]
         for layer in self.layers:

@@ -23,6 +23,7 @@ import pathlib
 from typing import Any
 
 KINDS = ("llama", "qwen2", "mixtral", "qwen2_moe")
+MULTIMODAL_KINDS = ("llava",)  # image-text-to-text models; written by `tideflow.models.tiny_llava`
 
 BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = "<s>", "</s>", "<pad>"
 IM_START_TOKEN, IM_END_TOKEN = "<|im_start|>", "<|im_end|>"
@@ -163,15 +164,18 @@ def tiny_config(kind: str, **config_overrides: Any):
     return config_class(**fields)
 
 
-def _write_tokenizer(path: pathlib.Path, model_max_length: int) -> None:
-    """Write tokenizer.json and tokenizer_config.json (with the chat template) into `path`."""
-    (path / "tokenizer.json").write_text(tokenizer_json(), encoding="utf-8")
+def _write_tokenizer(
+    path: pathlib.Path, model_max_length: int, serialized: str | None = None, extra_special_tokens: tuple[str, ...] = ()
+) -> None:
+    """Write tokenizer.json and tokenizer_config.json (with the chat template) into `path`.
+    `serialized`: a tokenizer.json string other than the shared one (one with added tokens)."""
+    (path / "tokenizer.json").write_text(serialized or tokenizer_json(), encoding="utf-8")
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS_TOKEN,
         "eos_token": EOS_TOKEN,
         "pad_token": PAD_TOKEN,
-        "extra_special_tokens": [IM_START_TOKEN, IM_END_TOKEN],
+        "extra_special_tokens": [IM_START_TOKEN, IM_END_TOKEN, *extra_special_tokens],
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
@@ -204,7 +208,15 @@ def write_tiny_model(
     The directory holds config.json, model.safetensors (float32), generation_config.json and
     the tokenizer files. The same `kind`, `seed` and overrides give byte-identical weights.
     `config_overrides` replace fields of the config (see `tiny_config`).
+
+    `kind` may also be one of `MULTIMODAL_KINDS` ("llava": a tiny CLIP vision tower and
+    projector in front of the tiny Llama, with its image processor; see
+    `tideflow.models.tiny_llava`). Those are not in `KINDS`, which lists causal LMs.
     """
+    if kind in MULTIMODAL_KINDS:
+        from tideflow.models.tiny_llava import write_tiny_llava
+
+        return write_tiny_llava(path, seed=seed, **config_overrides)
     config = tiny_config(kind, **config_overrides)
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig

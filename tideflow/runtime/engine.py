@@ -10,6 +10,7 @@ import dataclasses
 import time
 
 from tideflow.config import EngineConfig
+from tideflow.runtime.multimodal import ImagePromptSpec, PromptImages
 from tideflow.runtime.sequence import Request, Sequence, check_prompt_ids
 from tideflow.sampling_params import SamplingParams
 
@@ -36,7 +37,7 @@ class Engine:
         )
         self.tokenizer = load_tokenizer(mc.tokenizer or mc.model, trust_remote_code=mc.trust_remote_code)
         self.max_model_len = mc.max_model_len or model_max_len(self.hf_config)
-        self.vocab_size = self.hf_config.vocab_size
+        self.vocab_size = self.hf_config.get_text_config().vocab_size
         self.eos_token_ids = frozenset(eos_token_ids(self.hf_config, _generation_config(mc.model), self.tokenizer))
         self.config = config = self._resolve(config)
 
@@ -48,6 +49,8 @@ class Engine:
             from tideflow.models.tensor_parallel import check_divisible
 
             check_divisible(self.hf_config, tp)
+            if ImagePromptSpec.from_config(self.hf_config) is not None:  # its shards would get no image features
+                raise ValueError("tensor_parallel_size > 1 cannot run a multimodal model yet")
             kv_heads //= tp  # each rank caches the kv heads of its shard
         head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
         dtype = next(self.model.parameters()).dtype
@@ -83,6 +86,7 @@ class Engine:
                 packed=_packed_decoder(self.model, mc.model_impl, attend_function(config.kernel_backend)),
             )
         self.requests: dict[str, Request] = {}
+        self.images = PromptImages(self.hf_config, self.model, mc.model, mc.trust_remote_code)
         torch.manual_seed(mc.seed)
 
     def _resolve(self, config: EngineConfig) -> EngineConfig:
@@ -96,15 +100,22 @@ class Engine:
 
     # -- requests -----------------------------------------------------------------------------
     def add_request(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, prompt: str | None = None
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, prompt: str | None = None,
+        images=None, image_features=None,
     ) -> Request:
         """Validate and queue a request. Raises ValueError (naming the field) and queues nothing
-        when the request can never run."""
+        when the request can never run. `images` (PIL images or encoded bytes) go with a
+        multimodal model's prompt: one placeholder image token (or an expanded run) each;
+        `image_features` are their features when an encoder stage computed them already."""
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        ids = check_prompt_ids(prompt_token_ids, self.vocab_size, self.max_model_len)
+        ids, image_inputs = self.images.prepare(list(prompt_token_ids), images, image_features)
+        ids = check_prompt_ids(ids, self.vocab_size, self.max_model_len)
         now = time.monotonic()
         seqs = [self.new_sequence(request_id, i, ids, params, arrival_time=now) for i in range(params.n)]
+        self.images.encode(image_inputs, images)
+        for seq in seqs:
+            seq.images = image_inputs
         request = Request(request_id, prompt, list(ids), params, seqs, arrival_time=now)
         self.requests[request_id] = request
         for seq in seqs:
@@ -146,11 +157,13 @@ class Engine:
         """Stop sequences that leave this engine (handed off or aborted) and free their blocks."""
         self.scheduler.abort(seqs)
 
-    def check_request(self, prompt_token_ids, params: SamplingParams) -> list[int]:
+    def check_request(self, prompt_token_ids, params: SamplingParams, images=None) -> list[int]:
         """Whether a request could ever run here, without queueing it: the prompt's ids as a
-        list, or ValueError naming the field (empty prompt, ids outside the vocabulary, a prompt
-        as long as the context, prompt plus max_tokens beyond the KV pool)."""
-        ids = check_prompt_ids(prompt_token_ids, self.vocab_size, self.max_model_len)
+        list (image placeholders expanded), or ValueError naming the field (empty prompt, ids
+        outside the vocabulary, a prompt as long as the context, prompt plus max_tokens beyond
+        the KV pool, images the model cannot take or the prompt does not place)."""
+        ids, _ = self.images.prepare(list(prompt_token_ids), images)
+        ids = check_prompt_ids(ids, self.vocab_size, self.max_model_len)
         self.new_sequence("check", 0, ids, params)
         return ids
 

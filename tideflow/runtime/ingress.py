@@ -12,7 +12,8 @@ import pyarrow as pa
 from tideflow.graphs import schemas
 from tideflow.sampling_params import SamplingParams
 
-# "text" | {"prompt": "text"} | {"prompt_token_ids": [...]} | {"messages": [{"role", "content"}, ...]}
+# "text" | {"prompt": "text"} | {"prompt_token_ids": [...]} | {"messages": [{"role", "content"}, ...]};
+# a dict may add "multi_modal_data": {"image": [PIL images or encoded bytes]}
 PromptType = str | dict[str, Any]
 
 
@@ -42,11 +43,25 @@ def request_row(request_id: str, prompt: PromptType, params: SamplingParams) -> 
             row["prompt_token_ids"] = [int(t) for t in prompt["prompt_token_ids"]]
         if prompt.get("messages") is not None:
             row["messages"] = json.dumps(prompt["messages"])
+        images = _images(prompt.get("multi_modal_data"))
+        if images:
+            row["images"] = images
         if row["prompt"] is None and "prompt_token_ids" not in row and "messages" not in row:
             raise ValueError("prompt: a dict prompt needs 'prompt', 'prompt_token_ids' or 'messages'")
     else:
         raise ValueError(f"prompt: expected a string or a dict, got {type(prompt).__name__}")
     return row
+
+
+def _images(data) -> list[bytes] | None:
+    """`{"image": [PIL images or bytes]}` as encoded bytes; ValueError naming the field otherwise."""
+    from tideflow.runtime.multimodal import check_images, image_bytes
+
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) - {"image"}:
+        raise ValueError("multi_modal_data: expected a dict with only the key 'image'")
+    return [image_bytes(image) for image in check_images(data.get("image"))]
 
 
 def request_batch(rows: list[dict]) -> pa.RecordBatch:

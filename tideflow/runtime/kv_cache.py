@@ -4,7 +4,9 @@ Torch-free bookkeeping only; the tensors live in the model runner. A block is a 
 of token slots. A sequence's `block_table` maps its logical blocks to physical ones.
 
 Prefix caching: once a block is full and computed, it is published under a hash of its
-tokens chained from the parent block's hash, so equal prefixes share physical blocks. Freed
+tokens chained from the parent block's hash, so equal prefixes share physical blocks. A
+block that holds image tokens hashes the images' content hashes too: two prompts with the
+same tokens but different images share no block from the first image on. Freed
 blocks keep their hash and content until they are reused: the free queue is in eviction
 order (least recently freed first; a sequence's tail blocks before its head blocks), and a
 hit on a free cached block takes it back out of the queue.
@@ -27,10 +29,13 @@ from tideflow.runtime.sequence import Sequence
 RELEASED = -1  # block table entry of a block given back because it left the sliding window
 
 
-def block_hash(parent: bytes, token_ids) -> bytes:
-    """Hash of one full block: its parent's hash followed by its token ids."""
+def block_hash(parent: bytes, token_ids, extra: bytes = b"") -> bytes:
+    """Hash of one full block: its parent's hash followed by its token ids, and `extra`, what
+    else its content depends on (the hashes of the images whose tokens it holds)."""
     h = hashlib.blake2b(parent, digest_size=16)
     h.update(array("q", token_ids).tobytes())
+    if extra:
+        h.update(extra)
     return h.digest()
 
 
@@ -79,8 +84,10 @@ class BlockManager:
         bs = self.block_size
         hashes = seq.block_hashes
         parent = hashes[-1] if hashes else b""
+        images = seq.images
         for i in range(len(hashes), num_blocks):
-            parent = block_hash(parent, seq.token_ids[i * bs : (i + 1) * bs])
+            extra = images.block_key(i * bs, (i + 1) * bs) if images is not None else b""
+            parent = block_hash(parent, seq.token_ids[i * bs : (i + 1) * bs], extra)
             hashes.append(parent)
 
     def match_prefix(self, seq: Sequence) -> list[int]:

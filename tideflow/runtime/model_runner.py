@@ -93,14 +93,41 @@ class ModelRunner:
         """The logits of the rows that sample, [rows, vocab]: the forward pass without sampling
         (benchmarks also measure engine overhead against it)."""
         input_ids, positions, meta, sample_idx = self.prepare(batch)
+        images = self.image_rows(batch)
         if self.packed is not None:
+            if images is not None:
+                return self.packed(input_ids, positions, meta, sample_idx, images=images)
             return self.packed(input_ids, positions, meta, sample_idx)
         with torch.inference_mode():
+            if images is None:
+                inputs = {"input_ids": input_ids[None]}
+            else:  # a multimodal model: image features replace the embeddings of their tokens
+                embeds = self.model.get_input_embeddings()(input_ids)
+                embeds[images[0]] = images[1].to(embeds.dtype)
+                inputs = {"inputs_embeds": embeds[None]}
             out = self.model(
-                input_ids=input_ids[None], position_ids=positions[None], tideflow_meta=meta, use_cache=False,
-                logits_to_keep=sample_idx,
+                **inputs, position_ids=positions[None], tideflow_meta=meta, use_cache=False, logits_to_keep=sample_idx,
             )
         return out.logits[0]
+
+    def image_rows(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The step's image tokens: their rows in the packed batch [k] and the image features
+        that replace their embeddings [k, hidden]; None when the step computes none. A prompt
+        chunk may cut an image anywhere: each token takes its own feature row."""
+        rows, features = [], []
+        start = 0
+        for seq, n, c in zip(batch.seqs, batch.num_new_tokens, batch.num_computed_tokens):
+            images = seq.images
+            if images is not None and c < images.spans[-1][1]:
+                for (s, e), f in zip(images.spans, images.features):
+                    lo, hi = max(s, c), min(e, c + n)
+                    if lo < hi:
+                        rows.append(torch.arange(start + lo - c, start + hi - c))
+                        features.append(f[lo - s : hi - s])
+            start += n
+        if not rows:
+            return None
+        return torch.cat(rows).to(self.device), torch.cat(features).to(self.device)
 
     def prepare(self, batch: ScheduledBatch):
         """Packed inputs of one step: input ids [T], positions [T], the attention metadata and

@@ -97,10 +97,14 @@ def read_log(directory: str) -> tuple[dict, list[Recorded]]:
 
 def _prompt(row: dict) -> str | dict:
     if row["prompt_token_ids"] is not None:
-        return {"prompt_token_ids": row["prompt_token_ids"]}
-    if row["messages"] is not None:
-        return {"messages": json.loads(row["messages"])}
-    return row["prompt"]
+        prompt = {"prompt_token_ids": row["prompt_token_ids"]}
+    elif row["messages"] is not None:
+        prompt = {"messages": json.loads(row["messages"])}
+    else:
+        prompt = {"prompt": row["prompt"]} if row.get("images") else row["prompt"]
+    if row.get("images"):
+        prompt["multi_modal_data"] = {"image": row["images"]}
+    return prompt
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from tideflow.outputs import CompletionOutput, Logprob, RequestOutput
+from tideflow.runtime.multimodal import ImageInputs
 from tideflow.sampling_params import SamplingParams
 
 _seq_ids = itertools.count()
@@ -73,6 +74,7 @@ class Sequence:
     logprobs: list[dict[int, Logprob]] | None = None
     cumulative_logprob: float = 0.0
     first_token_time: float | None = None
+    images: ImageInputs | None = None  # the prompt's images (multimodal models), shared by a request's sequences
 
     @property
     def num_tokens(self) -> int:

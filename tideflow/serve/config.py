@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-BUILTIN_GRAPHS = ("colocated", "disaggregated")
+BUILTIN_GRAPHS = ("colocated", "disaggregated", "multimodal")
 # the integer fields and their least values
 _LOWER_BOUNDS = {"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 0, "retry_after_s": 0}
 
@@ -34,7 +34,7 @@ class ServeConfig:
     # -- how the engines run --
     engine_options: Mapping[str, Any] = field(default_factory=dict)  # LLM(...) keywords: dtype, max_model_len ...
     # -- where it runs --
-    graph: str = "colocated"  # "colocated" | "disaggregated" | path to a graph YAML file
+    graph: str = "colocated"  # "colocated" | "disaggregated" | "multimodal" | path to a graph YAML file
     graph_options: Mapping[str, Any] = field(default_factory=dict)  # built-in graph keywords: replicas, prefill ...
     num_replicas: int = 1  # Serve replicas; each one deploys and owns its own graph
     # -- load, per Serve replica --

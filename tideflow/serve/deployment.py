@@ -26,10 +26,10 @@ SERVE_HEADROOM = 256
 def build_graph(config: ServeConfig, graph_data: Mapping | None, name: str):
     """The graph one replica deploys, named `name`."""
     from tideflow.graphs import Graph
-    from tideflow.graphs.builtin import colocated, disaggregated
+    from tideflow.graphs import builtin
 
     if config.graph in BUILTIN_GRAPHS:
-        builder = colocated if config.graph == "colocated" else disaggregated
+        builder = getattr(builtin, config.graph)
         return builder(config.model, name=name, **config.graph_options, **config.engine_options)
     data = {**graph_data, "name": name}
     if config.model is not None:  # --model replaces the model of every stage that names one

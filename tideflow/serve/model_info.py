@@ -19,6 +19,8 @@ class ModelInfo:
     max_model_len: int  # prompt + generated tokens
     tokenizer: Any  # a transformers tokenizer
     created: int  # unix time the server started (the `created` of /v1/models)
+    image_token: str | None = None  # the image placeholder of a multimodal model's prompts; None: text only
+    tokens_per_image: int = 0  # prompt tokens each image expands to
     _texts: dict = field(default_factory=dict, compare=False, repr=False)  # token id -> its text
 
     @classmethod
@@ -30,15 +32,21 @@ class ModelInfo:
 
         from tideflow.models import load_tokenizer, model_max_len
 
+        from tideflow.runtime.multimodal import ImagePromptSpec
+
         hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         vocab = getattr(hf_config, "vocab_size", None) or hf_config.get_text_config().vocab_size
+        tok = load_tokenizer(tokenizer or path, trust_remote_code)
+        spec = ImagePromptSpec.from_config(hf_config)
         return cls(
             name=name,
             path=path,
             vocab_size=int(vocab),
             max_model_len=int(max_model_len or model_max_len(hf_config)),
-            tokenizer=load_tokenizer(tokenizer or path, trust_remote_code),
+            tokenizer=tok,
             created=int(time.time()),
+            image_token=tok.convert_ids_to_tokens(spec.image_token_id) if spec is not None else None,
+            tokens_per_image=spec.tokens_per_image if spec is not None else 0,
         )
 
     def encode(self, text: str) -> list[int]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tideflow.sampling_params import SamplingParams
 from tideflow.serve.errors import APIError, bad_request, model_not_found
+from tideflow.serve.images import image_from_url
 from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.protocol import ChatCompletionRequest, CompletionRequest
 
@@ -25,6 +26,7 @@ class Prepared:
     """One validated request: the graph prompts and how to sample and render them."""
 
     prompts: list  # graph prompt per input prompt: text | {"prompt_token_ids": [...]} | {"messages": [...]}
+    # (chat with images: {"messages": [...], "multi_modal_data": {"image": [encoded bytes]}})
     prompt_texts: list[str]  # the prompt's text per input prompt (for echo; "" for chat)
     num_prompt_tokens: list[int]  # per input prompt
     params: SamplingParams  # the same for every prompt
@@ -63,19 +65,24 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
                           code="unsupported_parameter")
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
-    messages = [_message(i, m) for i, m in enumerate(req.messages)]
+    images: list[bytes] = []
+    messages = [_message(i, m, info, images) for i, m in enumerate(req.messages)]
     if not messages:
         raise bad_request("'messages' must not be empty", "messages")
     try:
         ids = info.chat_ids(messages)
     except Exception as exc:  # noqa: BLE001  (a template that rejects the conversation)
         raise bad_request(f"the chat template rejected the messages: {exc}", "messages") from None
+    num_tokens = len(ids) + len(images) * (info.tokens_per_image - 1)  # each placeholder expands
     top = (req.top_logprobs or 0) if req.logprobs else None
     param, max_tokens = "max_completion_tokens", req.max_completion_tokens
     if max_tokens is None:
         param, max_tokens = "max_tokens", req.max_tokens
-    params = _sampling(req, info, [len(ids)], max_tokens, param, top, "top_logprobs", "messages")
-    return Prepared([{"messages": messages}], [""], [len(ids)], params, req.stream, _include_usage(req), top,
+    params = _sampling(req, info, [num_tokens], max_tokens, param, top, "top_logprobs", "messages")
+    prompt = {"messages": messages}
+    if images:
+        prompt["multi_modal_data"] = {"image": images}
+    return Prepared([prompt], [""], [num_tokens], params, req.stream, _include_usage(req), top,
                     False, req.return_tokens_as_token_ids)
 
 
@@ -109,15 +116,27 @@ def _completion_prompts(prompt, info: ModelInfo) -> tuple[list, list[str], list[
     return prompts, texts, lengths
 
 
-def _message(i: int, m) -> dict:
+def _message(i: int, m, info: ModelInfo, images: list[bytes]) -> dict:
+    """One message with string content: text parts joined by newlines, each `image_url` part
+    replaced by the model's image placeholder (its image appended to `images`)."""
     content = m.content
     if isinstance(content, list):
         parts = []
-        for part in content:
-            if part.type != "text" or part.text is None:
-                raise bad_request(f"messages[{i}]: only content parts of type 'text' are supported", "messages",
-                                  code="unsupported_parameter")
-            parts.append(part.text)
+        for j, part in enumerate(content):
+            if part.type == "text" and part.text is not None:
+                parts.append(part.text)
+            elif part.type == "image_url" and part.image_url is not None:
+                field = f"messages[{i}].content[{j}].image_url"
+                if info.image_token is None:
+                    raise bad_request(f"'{field}': the model {info.name} takes no images", "messages",
+                                      code="unsupported_parameter")
+                images.append(image_from_url(part.image_url.url, f"{field}.url"))
+                parts.append(info.image_token)
+            else:
+                raise bad_request(
+                    f"messages[{i}].content[{j}]: only content parts of type 'text' (with 'text') and 'image_url' "
+                    "(with 'image_url') are supported", "messages", code="unsupported_parameter",
+                )
         content = "\n".join(parts)
     if content is None:
         if m.role != "assistant":

@@ -58,14 +58,20 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None  # not supported
 
 
-class TextPart(_Body):
-    type: str
-    text: str | None = None
+class ImageURL(_Body):
+    url: str  # only `data:image/...;base64,...` URLs: the server fetches nothing
+    detail: str | None = None  # accepted and ignored
+
+
+class ContentPart(_Body):
+    type: str  # "text" | "image_url"
+    text: str | None = None  # type "text"
+    image_url: ImageURL | None = None  # type "image_url"
 
 
 class ChatMessage(_Body):
     role: str
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
 
