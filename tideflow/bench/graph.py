@@ -150,11 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--json", dest="json_path", default=None)
     p.add_argument("--graph", default=None, help="moe: the moe graph against the colocated engine on a MoE model "
-                   "(tideflow.bench.moe_graph; defaults then: 32 requests, prompts <= 256, outputs <= 64)")
+                   "(tideflow.bench.moe_graph; defaults then: 32 requests, prompts <= 256, outputs <= 64); "
+                   "multimodal: the encoder pool graph against colocated on a tiny LLaVA (tideflow.bench.multimodal_graph; "
+                   "32 one-image requests, outputs 16-64)")
     p.add_argument("--expert-actors", type=int, default=2, help="--graph moe: expert actors")
+    p.add_argument("--encoders", type=int, default=2, help="--graph multimodal: encoder replicas")
+    p.add_argument("--distinct-images", type=int, default=8, help="--graph multimodal: the image pool requests draw from")
     args = p.parse_args(argv)
     if args.graph == "moe":
         return _moe_main(args, argv or [])
+    if args.graph == "multimodal":
+        return _multimodal_main(args, argv or [])
+    if args.graph is not None:
+        p.error(f"--graph: expected moe or multimodal, got {args.graph!r}")
     model = args.model or str(bench_model(default_model_dir()))
     result = run_graph_bench(
         model, num_requests=args.num_requests, seed=args.seed, systems=tuple(args.systems.split(",")),
@@ -175,6 +183,20 @@ def _moe_main(args, argv: list[str]) -> int:
         json_path=args.json_path, **sizes,
     )
     print(format_moe_table(result))
+    return 0
+
+
+def _multimodal_main(args, argv: list[str]) -> int:
+    from tideflow.bench.multimodal_graph import format_multimodal_table, multimodal_bench_model, run_multimodal_bench
+
+    given = {a.split("=")[0] for a in argv}
+    sizes = {k: getattr(args, k) for k, flag in (("num_requests", "--num-requests"), ("max_output", "--max-output"))
+             if flag in given}
+    result = run_multimodal_bench(
+        args.model or str(multimodal_bench_model()), encoders=args.encoders, distinct_images=args.distinct_images,
+        seed=args.seed, dtype=args.dtype, json_path=args.json_path, **sizes,
+    )
+    print(format_multimodal_table(result))
     return 0
 
 
