@@ -35,3 +35,13 @@ def test_main_prints_the_table_and_writes_json(tmp_path, capsys):
 
 def test_bad_options_exit_2(capsys):
     assert main(["--repeats", "0"]) == 2
+
+
+def test_e2e_runs_both_backends_on_the_same_trace(tiny_model_dir, tmp_path, capsys):
+    path = tmp_path / "kernels.json"
+    argv = ["--only", "arrow pack", "--repeats", "1", "--e2e", "2", "--model", tiny_model_dir("llama"), "--json", str(path)]
+    assert main(argv) == 0
+    e2e = json.loads(path.read_text())["e2e"]
+    assert e2e["num_requests"] == 2 and e2e["same_tokens"] is True
+    assert e2e["speedup"] == e2e["auto_tok_s"] / e2e["torch_tok_s"] and e2e["torch_tok_s"] > 0
+    assert "engine, mixed trace x2" in capsys.readouterr().out

@@ -48,17 +48,23 @@ def run_kernels(repeats: int = 7, only: str | None = None) -> list[dict]:
     return rows
 
 
-def run_e2e(num_requests: int, repeats: int = 1) -> dict:
-    """Engine output tokens/s on the mixed trace with tideflow's kernels and with the references."""
+def run_e2e(num_requests: int, repeats: int = 1, model: str | None = None) -> dict:
+    """Engine output tokens/s on the mixed trace with tideflow's kernels and with the references.
+    `model` defaults to the benchmark model, written on first use."""
     from transformers import AutoConfig
 
     from tideflow import LLM, SamplingParams
     from tideflow.config import KERNEL_BACKENDS
-    from tideflow.bench.bench_model import default_model_dir
+    from tideflow.bench.bench_model import bench_model, default_model_dir
     from tideflow.bench.workloads import mixed_trace
 
-    model = str(default_model_dir())
-    trace = mixed_trace(num_requests, seed=0, vocab_size=AutoConfig.from_pretrained(model).vocab_size)
+    model = model or str(bench_model(default_model_dir()))
+    config = AutoConfig.from_pretrained(model)
+    context = config.max_position_embeddings  # the trace's longest request must fit
+    trace = mixed_trace(
+        num_requests, seed=0, vocab_size=config.vocab_size,
+        max_prompt=min(1024, context // 2), max_output=min(512, context // 4),
+    )
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in trace]
     params = [SamplingParams(temperature=0, max_tokens=r.max_tokens, ignore_eos=True) for r in trace]
     engines = {b: LLM(model, dtype="float32", kernel_backend=b) for b in KERNEL_BACKENDS}
@@ -116,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, help="run the cases whose name contains this")
     p.add_argument("--e2e", type=int, default=0, metavar="N", help="also run the engine on N mixed-trace requests")
     p.add_argument("--e2e-repeats", type=int, default=1)
+    p.add_argument("--model", default=None, help="model of the --e2e run (default: the 24M benchmark model)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     return p
 
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = {"kernels": run_kernels(args.repeats, args.only)}
     if args.e2e:
-        result["e2e"] = run_e2e(args.e2e, args.e2e_repeats)
+        result["e2e"] = run_e2e(args.e2e, args.e2e_repeats, args.model)
     result["gpu"] = run_gpu()
     print(format_table(result))
     if args.json:
