@@ -105,15 +105,15 @@ def recovery_times(model: str, kills: int, count: int, max_tokens: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tideflow bench recovery", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tideflow bench recovery", description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--model", default=None, help="model directory (default: a tiny random Llama)")
-    parser.add_argument("--kills", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--requests", type=int, default=24)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--kills", type=int, default=3, help="decode replica kills, one after another")
+    parser.add_argument("--rounds", type=int, default=1, help="throughput rounds, each deploying off and on")
+    parser.add_argument("--requests", type=int, default=24, help="requests of each throughput round")
+    parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per throughput request")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between checkpoints in the 'on' runs")
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
+    parser.add_argument("--skip-throughput", action="store_true", help="measure only the kills")
     args = parser.parse_args(argv)
     model = args.model
     if model is None:
