@@ -110,6 +110,8 @@ def test_crashes_in_every_phase_lose_and_duplicate_nothing(ray_session, deployed
     assert ray_session.get(handle.collector.status.remote()) == {"in_flight": 0, "dead": []}
     for replica in handle.stats()["decode"]:  # no KV blocks leaked by replayed or duplicated handovers
         assert replica["kv_cache_usage_perc"] == 0 and replica["num_requests_running"] == 0
+        startup = replica["startup"]  # both decode replicas restarted: their figures are the new process's
+        assert startup["process_at"] <= startup["init_at"] and startup["role_init_s"] > 0 and replica["restore_s"] > 0
     _, recorded = read_log(handle.log_dir)  # deploy(request_log=...) recorded each request once
     assert sorted((r.prompt["prompt_token_ids"], r.token_ids[0]) for r in recorded) == sorted(
         (p["prompt_token_ids"], t) for p, t in zip(prompts, reference)

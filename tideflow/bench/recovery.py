@@ -66,7 +66,7 @@ def recovery_times(model: str, kills: int, count: int, max_tokens: int) -> dict:
 
     prompts, params = _trace(count, max_tokens, seed=1)
     handle = disaggregated(model, prefill=1, decode=2, dtype="float32", name="bench-kill").deploy(checkpoint_interval=1.0)
-    restart_s, pause_s, restore_s = [], [], []
+    restart_s, pause_s, restore_s, parts = [], [], [], []
     try:
         handle.generate(prompts[:2], params[:2])
         for k in range(kills):
@@ -81,27 +81,40 @@ def recovery_times(model: str, kills: int, count: int, max_tokens: int) -> dict:
                 while sum(len(s) for s in stamps) < len(prompts) * 4:
                     await asyncio.sleep(0.01)
                 actor = ray.get_actor("bench-kill/decode/0", namespace=NAMESPACE)
-                t0 = time.monotonic()
+                t0, killed_at = time.monotonic(), time.time()
                 ray.kill(actor, no_restart=False)
                 await asyncio.sleep(0.2)
                 await asyncio.to_thread(ray.get, actor.ready.remote())
                 restart = time.monotonic() - t0
-                restore = (await asyncio.to_thread(ray.get, actor.stats.remote()))["restore_s"]
+                stats = await asyncio.to_thread(ray.get, actor.stats.remote())
                 await asyncio.gather(*tasks)
-                return t0, restart, restore
+                return t0, restart, stats["restore_s"], startup_parts(stats["startup"], killed_at, restart)
 
-            t0, restart, restore = asyncio.run(run())
+            t0, restart, restore, part = asyncio.run(run())
             pause = max((b - a for s in stamps for a, b in zip(s, s[1:]) if a <= t0 <= b), default=0.0)
             restart_s.append(restart)
             pause_s.append(pause)
             restore_s.append(restore)
+            parts.append(part)
             print(f"  kill {k + 1}: replica back after {restart:.2f} s (of which restore + log read {restore:.3f} s); "
                   f"longest stream pause {pause:.2f} s", flush=True)
+            print("    " + ", ".join(f"{name} {value:.2f} s" for name, value in part.items()), flush=True)
     finally:
         handle.shutdown()
-    return {"restart_s": restart_s, "pause_s": pause_s, "restore_s": restore_s,
+    return {"restart_s": restart_s, "pause_s": pause_s, "restore_s": restore_s, "parts": parts,
             "restart_median_s": statistics.median(restart_s), "pause_median_s": statistics.median(pause_s),
             "restore_median_s": statistics.median(restore_s)}
+
+
+def startup_parts(startup: dict, killed_at: float, restart: float) -> dict:
+    """Split a restart into: kill -> the new replica's worker process (0 when Ray had one
+    prestarted), -> actor __init__ (worker bootstrap), the role's imports (torch, transformers),
+    its construction (model load, KV cache), and the rest (restore, replay queued, `ready`)."""
+    nan = float("nan")
+    begun = max(startup["process_at"], killed_at) if startup.get("process_at") else nan
+    parts = {"spawn": begun - killed_at, "worker start": startup["init_at"] - begun,
+             "role imports": startup["role_import_s"], "model load": startup["role_init_s"]}
+    return {**parts, "restore + rest": restart - (startup["init_at"] - killed_at) - parts["role imports"] - parts["model load"]}
 
 
 def main(argv: list[str] | None = None) -> int:

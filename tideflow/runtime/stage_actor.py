@@ -49,6 +49,16 @@ def _node_id() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
+def _process_start() -> float | None:
+    """Wall-clock time this worker process started (psutil ships with Ray)."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - a missing figure must not stop a replica
+        return None
+
+
 @dataclass(slots=True)
 class _Entry:
     """One inbox item."""
@@ -86,11 +96,18 @@ class StageActor:
     def __init__(self, role: str | type, context: StageContext, inbox_size: int, recovery=None):
         import warnings
 
+        init_at = time.time()
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.context = context
         self.name = f"{context.stage}/{context.replica}"  # this replica's sender name downstream
         self.node_id = _node_id()  # the Ray node this replica runs on (in `stats`)
-        self.role = resolve_role(role)(context)
+        role_cls = resolve_role(role)  # imports the role's module: torch, transformers for model roles
+        role_at = time.time()
+        self.role = role_cls(context)
+        # where a (re)start spends its time: process start -> __init__ (Ray's worker start),
+        # the role's imports, its construction (model load, KV cache), then `restore_s`
+        self.startup = {"process_at": _process_start(), "init_at": init_at, "role_import_s": role_at - init_at,
+                        "role_init_s": time.time() - role_at}
         self.inbox_size = inbox_size
         self.cv = threading.Condition()
         self.inbox: deque[_Entry] = deque()  # bounded by inbox_size (held-back entries aside)
@@ -222,6 +239,7 @@ class StageActor:
             "busy_s": self.busy_s,
             "replayed": self.replayed,
             "restore_s": self.restore_s,
+            "startup": self.startup,
             "node_id": self.node_id,
         }
 
