@@ -127,6 +127,8 @@ def _run_inprocess(compiled, prompts, params):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tideflow.batch.run import DEFAULT_BATCHES_PER_ACTOR
+
     parser = argparse.ArgumentParser(prog="tideflow", description="Serve and batch-run LLMs on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -168,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--top-p", type=float, default=1.0)
     batch.add_argument("--seed", type=int, default=None, help="sampling seed; each row's is derived from it and its id")
     batch.add_argument("--batch-size", type=int, default=64, help="rows per actor call")
-    batch.add_argument("--batches-per-actor", type=int, default=2, help="batches in flight per actor, sharing its engine")
+    batch.add_argument("--batches-per-actor", type=int, default=DEFAULT_BATCHES_PER_ACTOR,
+                       help="batches in flight per actor, sharing its engine (default: %(default)s)")
     batch.add_argument("--concurrency", default="1", help="actors: N, or MIN,MAX to autoscale")
     batch.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor")
     batch.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")

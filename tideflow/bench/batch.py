@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tideflow.batch.run import DEFAULT_BATCHES_PER_ACTOR
 from tideflow.bench.bench_model import bench_model, default_model_dir
 from tideflow.bench.workloads import mixed_trace, trace_stats
 
@@ -79,7 +80,7 @@ def _run_batch(model_dir: str, trace, engine_options: dict, work: Path, *, concu
 def run_batch_bench(
     model_dir: str, *, num_requests: int = DEFAULT_NUM_REQUESTS, seed: int = 0, dtype: str = "float32",
     max_prompt: int = 1024, max_output: int = 512, concurrency: int = 1, batch_size: int = 64,
-    batches_per_actor: int = 2, threads: int | None = None, json_path: str | None = None,
+    batches_per_actor: int = DEFAULT_BATCHES_PER_ACTOR, threads: int | None = None, json_path: str | None = None,
 ) -> dict:
     """`threads`: torch threads of the offline engine and CPUs of each batch actor (Ray sets
     the actor's OMP_NUM_THREADS from them); default: the machine's cores over `concurrency`."""
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-output", type=int, default=512)
     p.add_argument("--concurrency", type=int, default=1, help="batch actors (they share the machine's cores)")
     p.add_argument("--batch-size", type=int, default=64, help="rows per actor call")
-    p.add_argument("--batches-per-actor", type=int, default=2, help="actor calls in flight, sharing its engine")
+    p.add_argument("--batches-per-actor", type=int, default=DEFAULT_BATCHES_PER_ACTOR, help="actor calls in flight, sharing its engine (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per engine (default: cores / concurrency)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--json", dest="json_path", default=None)
