@@ -24,6 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
         "num_replicas": args.replicas,
         "max_ongoing_requests": args.max_ongoing_requests,
         "max_queued_requests": args.max_queued_requests,
+        "health_check_period_s": args.health_check_period_s,
         "engine_options": engine_options,
     }
     try:
@@ -152,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", default=None, help="the model name clients send (default: its directory's)")
     serve.add_argument("--max-ongoing-requests", type=int, default=64, help="per replica: requests in the graph")
     serve.add_argument("--max-queued-requests", type=int, default=64, help="per replica: requests waiting; then 429")
+    serve.add_argument("--health-check-period-s", type=float, default=10.0,
+                       help="seconds between Serve's health checks; 3 failed ones (a dead stage) replace the replica")
     serve.add_argument("--dtype", default=None, help="engine dtype: auto | float32 | float64 | bfloat16 | float16")
     serve.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     serve.set_defaults(func=_serve)

@@ -11,8 +11,11 @@ from tideflow.serve.deployment import build_graph
 
 def test_args_are_checked_and_resolved(tiny_model_dir):
     model = tiny_model_dir("llama")
-    config = ServeConfig.from_args({"model": model, "num_replicas": "2", "max_queued_requests": "0"}).resolved()
+    config = ServeConfig.from_args(
+        {"model": model, "num_replicas": "2", "max_queued_requests": "0", "health_check_period_s": "0.5"}
+    ).resolved()
     assert (config.num_replicas, config.max_queued_requests, config.served_model_name) == (2, 0, "llama")
+    assert (config.health_check_period_s, config.health_check_timeout_s) == (0.5, 30.0)
     assert ServeConfig.from_args({"model": model, "served_model_name": "m"}).resolved().served_model_name == "m"
     for bad, needle in [
         ({"modle": model}, "unknown serve argument"),
@@ -21,6 +24,9 @@ def test_args_are_checked_and_resolved(tiny_model_dir):
         ({"num_replicas": True}, "num_replicas"),
         ({"engine_options": {"dtpye": "float32"}}, "dtpye"),
         ({"engine_options": "fast"}, "engine_options"),
+        ({"health_check_period_s": 0}, "health_check_period_s must be a positive number"),
+        ({"health_check_timeout_s": "soon"}, "health_check_timeout_s"),
+        ({"health_check_period_s": float("inf")}, "health_check_period_s"),
     ]:
         with pytest.raises(ValueError, match=needle):
             ServeConfig.from_args(bad)

@@ -1,6 +1,7 @@
 """A small dedicated server with tight bounds: overload is refused at once with 429 while the
-admitted requests complete; then a killed stage actor turns /health to 503 and requests
-fail fast with 503 (this server is deleted right after)."""
+admitted requests complete; then a killed stage actor turns /health to 503, requests fail
+fast with 503, and Serve's health checks replace the replica with a fresh graph
+(RELIABILITY.md fault 7; this server is deleted right after)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ def small_server(serve_port, tiny_model_dir):
     from ray import serve
 
     args = {"model": tiny_model_dir("llama"), "engine_options": {"dtype": "float32"},
-            "max_ongoing_requests": 2, "max_queued_requests": 2, "retry_after_s": 3}
+            "max_ongoing_requests": 2, "max_queued_requests": 2, "retry_after_s": 3,
+            # replaced 3 failed checks after a stage dies: about 6 s, long after the 503 checks below
+            "health_check_period_s": 2}
     srv = run_app(serve_port, "small", args, "/small")
     yield srv
     serve.delete("small")
@@ -78,7 +81,7 @@ async def _kill_engine_mid_stream(url: str, kill) -> tuple[list[str], tuple, tup
     return events, whole_result, health
 
 
-def test_a_dead_stage_fails_streams_and_requests_explicitly_and_health_turns_503(small_server, ray_session):
+def test_a_dead_stage_fails_requests_explicitly_then_the_replica_is_replaced(small_server, ray_session):
     """Last on this server: it loses its engine."""
     from tideflow.runtime.executor import NAMESPACE
 
@@ -100,3 +103,24 @@ def test_a_dead_stage_fails_streams_and_requests_explicitly_and_health_turns_503
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 503 and json.loads(err.value.read())["error"]["code"] == "service_unavailable"
+    # Serve's health checks fail, it replaces the replica, and the new one deploys a new graph
+    fresh = _wait_for_health(small_server.url, timeout=180)
+    assert fresh != graph
+    body = json.dumps({"prompt": "def f(x):", "max_tokens": 4, "ignore_eos": True}).encode()
+    req = urllib.request.Request(f"{small_server.url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert json.loads(resp.read())["usage"]["completion_tokens"] == 4
+
+
+def _wait_for_health(url: str, timeout: float) -> str:
+    """Poll /health until it answers 200; return the graph it names. (The server's state is
+    remote: there is no event to wait on.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
+                return json.loads(resp.read())["graph"]
+        except (urllib.error.URLError, OSError):  # 503 (HTTPError), or no replica yet
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)

@@ -18,6 +18,7 @@ from typing import Any
 BUILTIN_GRAPHS = ("colocated", "disaggregated", "multimodal")
 # the integer fields and their least values
 _LOWER_BOUNDS = {"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 0, "retry_after_s": 0}
+_POSITIVE_SECONDS = ("health_check_period_s", "health_check_timeout_s")  # float fields, > 0
 
 
 def _engine_option_names() -> frozenset[str]:
@@ -41,6 +42,10 @@ class ServeConfig:
     max_ongoing_requests: int = 64  # generation requests inside the graph at once
     max_queued_requests: int = 64  # admitted requests waiting for one of those slots; past both: 429
     retry_after_s: int = 1  # the Retry-After header of a 429
+    # -- health: Serve calls the replica's check every period; after 3 failures in a row (a dead
+    # stage) it replaces the replica, and with it the graph --
+    health_check_period_s: float = 10.0
+    health_check_timeout_s: float = 30.0
 
     def __post_init__(self):
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
@@ -66,10 +71,14 @@ class ServeConfig:
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{field_name} must be an integer >= {low}, got {value!r}")
+        for field_name in _POSITIVE_SECONDS:
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"{field_name} must be a positive number of seconds, got {value!r}")
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any] | None) -> ServeConfig:
-        """From `build_app`'s args dict. Integer fields also accept decimal strings."""
+        """From `build_app`'s args dict. Numeric fields also accept strings of numbers."""
         args = dict(args or {})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(args) - names
@@ -78,6 +87,12 @@ class ServeConfig:
         for name in _LOWER_BOUNDS:
             if isinstance(args.get(name), str) and args[name].strip().isdigit():
                 args[name] = int(args[name])
+        for name in _POSITIVE_SECONDS:
+            if isinstance(args.get(name), str):
+                try:
+                    args[name] = float(args[name])
+                except ValueError:
+                    pass  # __post_init__ names the field
         return cls(**args)
 
     def resolved(self) -> ServeConfig:

@@ -94,5 +94,7 @@ def build_app(args: Mapping[str, Any] | None = None):
         max_ongoing_requests=config.max_ongoing_requests + config.max_queued_requests + SERVE_HEADROOM,
         ray_actor_options={"num_cpus": 0},
         max_constructor_retry_count=1,
+        health_check_period_s=config.health_check_period_s,
+        health_check_timeout_s=config.health_check_timeout_s,
     )
     return deployment.bind(config, graph_data)
