@@ -1,6 +1,7 @@
 """`tideflow bench serve`: the metric functions on hand-built records (expected values derived
-here from BENCHMARKS.md's definitions), the arrival schedule, the SSE reader against a fake
-server, and one end-to-end run plus a sweep against a live tiny server."""
+here from BENCHMARKS.md's definitions), the arrival schedule and the SSE reader against a fake
+server. The end-to-end run against a live server is `tests/serve/test_bench_serve_live.py`,
+on the server the serve tests share (each Serve app costs a graph deploy)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from tideflow.bench import serve as bench_serve
 from tideflow.bench.serve_client import Target, arrival_offsets, carries_tokens, run_requests, split_events
 from tideflow.bench.serve_metrics import compute_metrics, latencies, meets_slos, parse_goodput, summarize
 from tideflow.bench.serve_record import RequestRecord
-from tideflow.bench.workloads import mixed_trace
 
 
 def record(send: float, chunks: list[float], tokens: int | None = None, prompt: int = 10, error: str | None = None):
@@ -196,44 +196,3 @@ def test_client_records_chunks_usage_and_every_kind_of_failure(fake_server):
     assert cut.error == "the stream ended before data: [DONE]"
     m = compute_metrics(records, duration)
     assert (m["completed"], m["failed"], m["first_error"]) == (1, 3, bad.error)
-
-
-# -- end to end -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def live_server(ray_session, tiny_model_dir):
-    """The tiny Llama served on a free port (tests/serve's server fixture is package-scoped
-    there, so this module deploys its own)."""
-    from tideflow.serve.launcher import start_server
-
-    server = start_server({"model": tiny_model_dir("llama"), "engine_options": {"dtype": "float32"}}, port=0,
-                          app_name="bench-serve")
-    yield server
-    server.stop()
-
-
-def test_bench_serve_end_to_end_and_sweep(live_server, tiny_model_dir, tmp_path, capsys):
-    from tideflow.cli import main
-
-    lengths = ["--max-prompt", "48", "--max-output", "12"]
-    expected = sum(r.max_tokens for r in mixed_trace(6, 0, vocab_size=512, max_prompt=48, max_output=12))
-    one = tmp_path / "one.json"
-    assert main(["bench", "serve", "--url", live_server.url, "--num-prompts", "6", "--rate", "inf", *lengths,
-                 "--goodput", "ttft:600000", "--compare-inprocess", tiny_model_dir("llama"),
-                 "--inprocess-dtype", "float32", "--json", str(one)]) == 0
-    out = capsys.readouterr().out
-    assert "============ Serving Benchmark Result ============" in out and "Mean ITL over HTTP" in out
-    (run,) = json.loads(one.read_text())["runs"]
-    assert (run["completed"], run["failed"]) == (6, 0)
-    assert run["total_output_tokens"] == run["requested_output_tokens"] == expected  # ignore_eos: all of them
-    assert run["goodput"] == pytest.approx(run["request_throughput"])  # a 10-minute TTFT SLO: all good
-    assert run["inprocess"]["total_output_tokens"] == expected and run["inprocess"]["mean_decode_step_ms"] > 0
-
-    sweep, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
-    assert main(["bench", "serve", "--url", live_server.url, "--num-prompts", "6", *lengths, "--sweep", "20,inf",
-                 "--plot", str(png), "--json", str(sweep)]) == 0
-    out = capsys.readouterr().out
-    assert "p99 TTFT ms" in out and "median TPOT ms" in out
-    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    runs = json.loads(sweep.read_text())["runs"]
-    assert [r["request_rate"] for r in runs] == [20.0, "inf"]
-    assert all(r["completed"] == 6 and r["total_output_tokens"] == expected for r in runs)
