@@ -46,15 +46,15 @@ def test_demo_rejects_bad_counts_before_starting_anything():
         run_demo(num_requests=2, max_tokens=-1)
 
 
-def test_serve_runs_until_sigterm_then_shuts_down(tiny_model_dir, tmp_path):
+def test_serve_joins_a_cluster_runs_until_sigterm_then_shuts_down(ray_session, tiny_model_dir, tmp_path):
     from tideflow.serve.launcher import free_port
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TIDEFLOW_CACHE_DIR": str(tmp_path)}
-    env.pop("RAY_ADDRESS", None)  # a fresh local Ray instance
+    address = ray_session.get_runtime_context().gcs_address  # `--address` joins it, as on a `ray up` cluster
     proc = subprocess.Popen(
         [sys.executable, "-m", "tideflow.cli", "serve", "--model", tiny_model_dir("llama"), "--port", str(port),
-         "--served-model-name", "tiny", "--dtype", "float32"],
+         "--served-model-name", "tiny", "--dtype", "float32", "--address", address],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     lines: list[str] = []
