@@ -1,6 +1,7 @@
 """How a stage replica sends, without a Ray cluster: at most one push in flight per
 destination, each awaited before the next to it (order, backpressure) and before the loop
-idles; a receiver found dead fails the rows it was sent and later rows go around it."""
+idles; a receiver found dead fails the rows it was sent and later rows go around it. And
+how it receives (on the session's Ray): an attachment whose producer died is left out."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import ray
@@ -111,3 +113,31 @@ def test_the_loop_awaits_its_pushes_before_it_idles(log):
     waiter.join(timeout=10)
     assert log == [("push", "r", ["a"]), ("get", "r", ["a"])]
     assert result == [([("abort", [("a", None)])], [])]
+
+
+def test_an_attachment_whose_producer_died_is_left_out_for_the_role_to_recompute(ray_session):
+    """A prefill replica that dies after sending KV by reference owns those objects: the
+    decode replica that fetches them later gets `OwnerDiedError`, and must recompute (it
+    treats a missing KV as a replay) instead of failing its whole loop."""
+    from tideflow.runtime.stage_actor import _resolve
+
+    @ray.remote(num_cpus=0)
+    class Producer:
+        def put(self, value):
+            return [ray.put(value)]  # a ref owned by this actor, as prefill's KV attachments are
+
+    producer = Producer.remote()
+    # a small KV (a short prompt on a small model) lives in its owner's memory: lost with it
+    (lost,) = ray.get(producer.put.remote(np.arange(1000)))
+    kept = ray.put("kv of b")
+    assert _resolve({"b/0": kept}) == {"b/0": "kv of b"}
+    ray.kill(producer)
+    deadline = time.monotonic() + 60
+    while True:  # Ray frees a dead owner's objects shortly after it notices the death
+        try:
+            ray.get(lost, timeout=10)
+        except ray.exceptions.ObjectLostError:
+            break
+        assert time.monotonic() < deadline, "the dead producer's object stayed reachable"
+        time.sleep(0.1)
+    assert _resolve({"a/0": lost, "b/0": kept}) == {"b/0": "kv of b"}

@@ -432,9 +432,24 @@ def _indices(handles) -> list[int]:
 
 
 def _resolve(refs: dict | None) -> dict | None:
+    """Fetch a batch's attachments. One whose object is lost (its producer died before this
+    replica fetched it: `OwnerDiedError` and the rest of Ray's `ObjectLostError`s) is left
+    out, and the role recomputes what it held: decode re-prefills from the tokens, the
+    engine encodes the images itself (RELIABILITY.md fault 5)."""
     import ray
 
-    return dict(zip(refs, ray.get(list(refs.values())))) if refs else None
+    if not refs:
+        return None
+    try:
+        return dict(zip(refs, ray.get(list(refs.values()))))
+    except ray.exceptions.ObjectLostError:
+        found = {}
+        for key, ref in refs.items():
+            try:
+                found[key] = ray.get(ref)
+            except ray.exceptions.ObjectLostError:
+                pass
+        return found
 
 
 def _subset(refs: dict | None, batch) -> dict | None:
