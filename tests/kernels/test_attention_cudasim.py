@@ -2,8 +2,9 @@
 has no GPU, so this is where their logic is checked (key tiles, query tiles and gap tiles,
 context partitions and their combine, GQA, sliding windows, bf16/fp16 bit conversions).
 
-The simulator must be switched on before numba is imported, so the cases run in a subprocess
-(`python -m tests.kernels.test_attention_cudasim SEED`) that prints one JSON line per case.
+The simulator must be switched on before numba is imported, so the cases run in subprocesses
+(`python -m tests.kernels.test_attention_cudasim SEED SHARD SHARDS`, two at once, each taking
+every other case) that print one JSON line per case.
 Shapes are tiny because the simulator runs every thread in Python. Block table entries the
 kernels must never read (past the context, or wholly before the sliding window, i.e. freed)
 hold an out-of-range block id in the kernels' copy, so reading one raises in the simulator.
@@ -193,33 +194,47 @@ def _entry_points_case(A, rng):
     return max(errors)
 
 
-def _main(seed: int) -> None:
+def _cases(A, rng) -> list[tuple[str, object]]:
+    """(name, thunk -> (error, tolerance)) for every case, in a fixed order."""
+    cases = [(name, lambda case=case: (_attention_case(A, rng, *case), TOLERANCE[case[0]]))
+             for name, case in ATTENTION_CASES.items()]
+    cases += [(name, lambda name=name: (_cache_case(A, rng, name.rsplit("_", 1)[1]), 0.0)) for name in CACHE_CASES]
+    cases += [(name, lambda name=name: (_bits_case(A, rng, name), 0.0)) for name in BIT_CASES]
+    cases.append(("entry_points_bf16", lambda: (_entry_points_case(A, rng), 1e-2)))
+    return cases
+
+
+def _main(seed: int, shard: int, shards: int) -> None:
+    """Run every `shards`-th case from `shard` on, printing one JSON line per case."""
     from numba import config
 
     assert config.ENABLE_CUDASIM, "run with NUMBA_ENABLE_CUDASIM=1"
     from tideflow.kernels.cuda import attention as A
 
-    rng = np.random.default_rng(seed)
-    for name, case in ATTENTION_CASES.items():
-        error = _attention_case(A, rng, *case)
-        print(json.dumps({"case": name, "error": error, "tol": TOLERANCE[case[0]]}), flush=True)
-    for name in CACHE_CASES:
-        print(json.dumps({"case": name, "error": _cache_case(A, rng, name.rsplit("_", 1)[1]), "tol": 0.0}), flush=True)
-    for name in BIT_CASES:
-        print(json.dumps({"case": name, "error": _bits_case(A, rng, name), "tol": 0.0}), flush=True)
-    print(json.dumps({"case": "entry_points_bf16", "error": _entry_points_case(A, rng), "tol": 1e-2}), flush=True)
+    rng = np.random.default_rng([seed, shard])
+    for name, run in _cases(A, rng)[shard::shards]:
+        error, tol = run()
+        print(json.dumps({"case": name, "error": error, "tol": tol}), flush=True)
+
+
+SHARDS = 2  # subprocesses at once: the simulator runs every thread in Python on one core
 
 
 @pytest.fixture(scope="module")
 def simulated():
     seed = int(np.random.default_rng().integers(2**31))  # fresh inputs every run
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.test_attention_cudasim", str(seed)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, f"seed {seed}:\n{proc.stderr[-4000:]}"
-    return seed, {r["case"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tests.kernels.test_attention_cudasim", str(seed), str(i), str(SHARDS)],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(SHARDS)
+    ]
+    results = {}
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"seed {seed}:\n{err[-4000:]}"
+        results.update((r["case"], r) for r in map(json.loads, out.splitlines()))
+    return seed, results
 
 
 @pytest.mark.parametrize("case", [*ATTENTION_CASES, *CACHE_CASES, *BIT_CASES, *ENTRY_CASES])
@@ -245,4 +260,4 @@ def test_default_tile_shapes_build_and_split_targets_the_sms():
 
 
 if __name__ == "__main__":
-    _main(int(sys.argv[1]))
+    _main(*map(int, sys.argv[1:4]))

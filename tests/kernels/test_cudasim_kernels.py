@@ -2,7 +2,7 @@
 torch references: CI has no GPU, so this is where the device code's logic is checked.
 
 The simulator must be on before numba is imported, so each kernel family runs in its own
-subprocess (`python -m tests.kernels.test_cudasim_kernels FAMILY SEED`) that calls the
+subprocess (`python -m tests.kernels.test_cudasim_kernels FAMILY SEED`, all started at once) that calls the
 `launch_*` functions on tiny numpy inputs with poisoned outputs and prints one JSON line per
 check. Shapes are tiny: the simulator runs every GPU thread as a Python thread.
 """
@@ -127,16 +127,30 @@ def _main(family: str, seed: int) -> None:
     print(json.dumps(FAMILIES[family](np.random.default_rng(seed))), flush=True)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_cuda_kernels_match_references_in_simulator(family):
-    seed = int.from_bytes(os.urandom(4), "little")  # fresh inputs every run
+@pytest.fixture(scope="module")
+def simulated() -> dict[str, tuple[int, subprocess.Popen]]:
+    """Every family's subprocess, started at once (each simulates on one core)."""
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.test_cudasim_kernels", family, str(seed)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, f"seed {seed}:\n{proc.stderr[-4000:]}"
-    results = json.loads(proc.stdout.splitlines()[-1])
+    procs = {}
+    for family in FAMILIES:
+        seed = int.from_bytes(os.urandom(4), "little")  # fresh inputs every run
+        procs[family] = seed, subprocess.Popen(
+            [sys.executable, "-m", "tests.kernels.test_cudasim_kernels", family, str(seed)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+    yield procs
+    for _, proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_cuda_kernels_match_references_in_simulator(simulated, family):
+    seed, proc = simulated[family]
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, f"seed {seed}:\n{err[-4000:]}"
+    results = json.loads(out.splitlines()[-1])
     assert all(results.values()), f"seed {seed}: {results}"
 
 
