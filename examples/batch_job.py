@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from tideflow import SamplingParams
 from tideflow.batch import run_job
-from tideflow.models.testing import write_tiny_model
+from tideflow.testing.tiny_models import write_tiny_model
 
 model = sys.argv[1] if len(sys.argv) > 1 else str(write_tiny_model("llama", tempfile.mkdtemp()))
 output = Path(sys.argv[2] if len(sys.argv) > 2 else tempfile.mkdtemp())

@@ -10,7 +10,7 @@ import tempfile
 
 from tideflow import SamplingParams
 from tideflow.graphs import Graph
-from tideflow.models.testing import write_tiny_model
+from tideflow.testing.tiny_models import write_tiny_model
 
 model = sys.argv[1] if len(sys.argv) > 1 else str(write_tiny_model("llama", tempfile.mkdtemp()))
 

@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """kind -> directory of a tiny random model of that kind, written on first use."""
-    from tideflow.models.testing import write_tiny_model
+    from tideflow.testing.tiny_models import write_tiny_model
 
     root = tmp_path_factory.mktemp("models")
     made: dict[str, str] = {}

@@ -21,8 +21,8 @@ def test_demo_serves_the_default_model_and_streams_greedy_completions(capsys):
     assert main(["demo", "--num-requests", "2", "--max-tokens", "5"]) == 0
     out = capsys.readouterr().out
     from tideflow import LLM, SamplingParams
-    from tideflow.demo import DEMO_PROMPTS
-    from tideflow.models.default import DEFAULT_MODEL_NAME, default_model_dir
+    from tideflow.serve.demo import DEMO_PROMPTS
+    from tideflow.demo.default_model import DEFAULT_MODEL_NAME, default_model_dir
 
     assert f"model {DEFAULT_MODEL_NAME!r} served at http://127.0.0.1:" in out
     # each prompt is announced, then printed as is and followed by the engine's greedy text
@@ -38,7 +38,7 @@ def test_demo_serves_the_default_model_and_streams_greedy_completions(capsys):
 
 
 def test_demo_rejects_bad_counts_before_starting_anything():
-    from tideflow.demo import run_demo
+    from tideflow.serve.demo import run_demo
 
     with pytest.raises(ValueError, match="num_requests and max_tokens must be at least 1, got 0 and 5"):
         run_demo(num_requests=0, max_tokens=5)

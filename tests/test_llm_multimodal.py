@@ -9,7 +9,7 @@ import pytest
 
 from tideflow import LLM, SamplingParams
 
-from .models.llava_reference import hf_generate, make_image, png
+from tests.testing.llava_reference import hf_generate, make_image, png
 
 MAX_TOKENS = 12
 GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)

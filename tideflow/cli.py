@@ -7,7 +7,7 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tideflow.demo import run_demo
+    from tideflow.serve.demo import run_demo
 
     run_demo(model=args.model, num_requests=args.num_requests, max_tokens=args.max_tokens, port=args.port)
     return 0
@@ -94,7 +94,8 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from tideflow.runtime.replay import graph_from_arg, read_log, replay
+    from tideflow.replay import graph_from_arg, replay
+    from tideflow.runtime.recovery.request_log import read_log
 
     try:
         meta, records = read_log(args.log_dir)
@@ -122,7 +123,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _run_inprocess(compiled, prompts, params):
-    from tideflow.runtime.inprocess import run_graph
+    from tideflow.runtime.dataflow.inprocess import run_graph
 
     return run_graph(compiled, prompts, params)
 

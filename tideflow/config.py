@@ -65,13 +65,15 @@ class SchedulerConfig:
     """Continuous batching."""
 
     max_num_seqs: int = 64  # sequences running at once
-    max_num_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decodes)
+    # token budget of one step (prefill chunks + decodes); None: the whole context,
+    # max(2048, max_model_len), which the engine resolves from the checkpoint (chunked prefill off)
+    max_num_batched_tokens: int | None = 2048
     enable_chunked_prefill: bool = True  # split long prompts across steps under the budget
 
     def __post_init__(self):
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be positive, got {self.max_num_seqs}")
-        if self.max_num_batched_tokens < 1:
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be positive, got {self.max_num_batched_tokens}")
 
 
@@ -81,7 +83,7 @@ class ParallelConfig:
 
     device: str = "cpu"  # torch device of the model runner
     # ranks that each hold 1/k of the model (attention heads, MLP and expert columns); k > 1
-    # starts k - 1 Ray actors beside the engine's own process (tideflow.runtime.sharded_runner)
+    # starts k - 1 Ray actors beside the engine's own process (tideflow.runtime.parallel.sharded_runner)
     tensor_parallel_size: int = 1
 
     def __post_init__(self):
@@ -108,7 +110,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.kernel_backend not in KERNEL_BACKENDS:
             raise ValueError(f"kernel_backend must be one of {KERNEL_BACKENDS}, got {self.kernel_backend!r}")
-        if not self.scheduler.enable_chunked_prefill and self.model.max_model_len is not None:
+        budget = self.scheduler.max_num_batched_tokens
+        if not self.scheduler.enable_chunked_prefill and self.model.max_model_len is not None and budget is not None:
             if self.scheduler.max_num_batched_tokens < self.model.max_model_len:
                 raise ValueError(
                     "max_num_batched_tokens must be >= max_model_len when chunked prefill is off "
@@ -143,7 +146,7 @@ def engine_config(
     Unknown options raise TypeError naming them."""
     if max_num_batched_tokens is None:
         # without chunking a whole prompt must fit one step
-        max_num_batched_tokens = 2048 if enable_chunked_prefill else max(2048, max_model_len or _config_len(model))
+        max_num_batched_tokens = 2048 if enable_chunked_prefill else (max(2048, max_model_len) if max_model_len else None)
     return EngineConfig(
         model=ModelConfig(model, tokenizer, dtype, max_model_len, seed, trust_remote_code, model_impl),
         cache=CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, enable_prefix_caching),
@@ -153,13 +156,6 @@ def engine_config(
     )
 
 
-def _config_len(model: str) -> int:
-    from transformers import AutoConfig
-
-    from tideflow.models import model_max_len
-
-    return model_max_len(AutoConfig.from_pretrained(model))
-
 
 EXPERT_PLACEMENTS = ("even", "balanced")
 
@@ -167,11 +163,11 @@ EXPERT_PLACEMENTS = ("even", "balanced")
 @dataclass(frozen=True)
 class ExpertParallelConfig:
     """Where a MoE model's experts run: on `actors` Ray actors beside the engine, which keeps
-    attention and routing (tideflow.runtime.expert_parallel). Built from the flat `expert_*`
+    attention and routing (tideflow.runtime.parallel.expert_parallel). Built from the flat `expert_*`
     options of an engine-owning stage by `expert_parallel_config`."""
 
     actors: int  # expert actors K, in [1, routed experts per layer] (checked against the model when it loads)
-    placement: str = "even"  # one of EXPERT_PLACEMENTS (tideflow.models.expert_placement)
+    placement: str = "even"  # one of EXPERT_PLACEMENTS (tideflow.runtime.parallel.expert_placement)
     # per-expert token counts that "balanced" places by: [moe layer][expert] (or one [expert]
     # list for every layer), e.g. a previous run's `expert_tokens` stat; None: a warm-up run
     load: tuple | None = None

@@ -29,7 +29,7 @@ class LLM:
         max_model_len, block_size, num_kv_blocks, kv_cache_memory_bytes,
         enable_prefix_caching, enable_chunked_prefill, max_num_seqs, max_num_batched_tokens,
         kernel_backend, model_impl, device, trust_remote_code (see `tideflow.config.engine_config`)."""
-        from tideflow.runtime.engine import Engine
+        from tideflow.runtime.engine.engine import Engine
 
         self.engine = Engine(engine_config(model, **engine_options))
         self._ids = itertools.count()

@@ -1,9 +1,9 @@
 """Train tideflow's embedded demo model: a small Llama on the Python standard library.
 
-    nice -n 19 python tools/train_demo_model.py --output-dir tideflow/models/demo_model
+    nice -n 19 python tools/train_demo_model.py --output-dir tideflow/demo/demo_model
 
 Everything runs on the CPU from text every Python install has, so the run needs no download:
-1. the corpus is the interpreter's standard-library source (`tideflow.models.corpus`), split by
+1. the corpus is the interpreter's standard-library source (`tideflow.demo.corpus`), split by
    file into train and held-out parts;
 2. a byte-level BPE tokenizer is trained on the train part;
 3. a Llama-style causal LM is trained on random windows of the tokenized train part (AdamW,
@@ -32,9 +32,9 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tideflow.demo import DEMO_PROMPTS  # noqa: E402
-from tideflow.models import corpus  # noqa: E402
-from tideflow.models.testing import (  # noqa: E402
+from tideflow.serve.demo import DEMO_PROMPTS  # noqa: E402
+from tideflow.demo import corpus  # noqa: E402
+from tideflow.testing.tiny_models import (  # noqa: E402
     BOS_ID,
     BOS_TOKEN,
     CHAT_TEMPLATE,
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train_tokenizer(docs: list[str], vocab_size: int):
     """A byte-level BPE tokenizer trained on `docs`, built as the test models' tokenizer is
     (same special tokens, same ids)."""
-    from tideflow.models.testing import train_bpe_tokenizer
+    from tideflow.testing.tiny_models import train_bpe_tokenizer
 
     return train_bpe_tokenizer(docs, vocab_size)
 
@@ -227,7 +227,7 @@ itself under greedy decoding, and answers chat prompts with code-like text.
   `{command}`
 - Corpus: the `*.py` files of the CPython {facts['python']} standard library (`sysconfig`'s
   `stdlib` path) without test suites, `encodings/` and `site-packages`
-  (`tideflow.models.corpus`). Files are split by the SHA-256 of their relative path:
+  (`tideflow.demo.corpus`). Files are split by the SHA-256 of their relative path:
   {facts['train_files']} train files ({facts['train_chars'] / 1e6:.1f}M characters,
   {facts['train_corpus_tokens'] / 1e6:.2f}M tokens), {facts['heldout_files']} held-out files.
 - Tokenizer: byte-level BPE trained on the train files, {facts['vocab_size']} ids; ids 0-4 are

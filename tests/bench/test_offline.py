@@ -78,7 +78,7 @@ def test_bench_model_is_written_once(tmp_path, monkeypatch):
         (path / "model.safetensors").write_text("")
         return path
 
-    monkeypatch.setattr("tideflow.models.testing.write_tiny_model", fake_write)
+    monkeypatch.setattr("tideflow.testing.tiny_models.write_tiny_model", fake_write)
     target = tmp_path / "m"
     assert bench_model(target) == target
     assert bench_model(target) == target
@@ -92,7 +92,7 @@ def test_bench_model_has_20_to_30m_parameters():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tideflow.models.testing import tiny_config
+    from tideflow.testing.tiny_models import tiny_config
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(tiny_config("llama", **BENCH_MODEL_CONFIG))

@@ -44,7 +44,7 @@ def test_rows_are_independent_on_gpu():
 
 
 def test_sampler_draws_the_same_tokens_on_gpu_and_cpu():
-    from tests.runtime.test_sampler import VOCAB, make_sampler, make_seq
+    from tests.runtime.engine.test_sampler import VOCAB, make_sampler, make_seq
 
     params = [SamplingParams(temperature=0.9, top_p=0.8, seed=s) for s in range(6)]
     params += [SamplingParams(temperature=1.1, top_k=7, min_p=0.05, seed=99), SamplingParams(temperature=0.0)]

@@ -7,7 +7,7 @@ import pytest
 
 from tideflow import LLM, SamplingParams
 from tideflow.graphs.builtin import colocated, disaggregated
-from tideflow.runtime.collector import RequestError
+from tideflow.runtime.dataflow.collector import RequestError
 
 from .parity import mixed_requests, reference_tokens
 

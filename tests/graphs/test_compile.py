@@ -8,10 +8,10 @@ import types
 import pyarrow as pa
 import pytest
 
-from tideflow.actors import base
-from tideflow.actors.base import StageRole
+from tideflow.actors import registry
+from tideflow.runtime.dataflow.role import StageRole
 from tideflow.graphs import CompiledGraph, Graph, compile_graph
-from tideflow.graphs.schemas import OUTPUTS, PREFILLED, REQUESTS, TOKENIZED, TOKENS
+from tideflow.runtime.edges.schemas import OUTPUTS, PREFILLED, REQUESTS, TOKENIZED, TOKENS
 
 NODE = [{"CPU": 4, "GPU": 0}]  # a small CPU-only cluster of one node
 
@@ -65,7 +65,7 @@ def chat() -> Graph:
 
 
 def test_compiles_a_chain_with_classes_and_strings(monkeypatch):
-    monkeypatch.setitem(base.ROLES, "dummy-detok", "tests.graphs.test_compile:DummyDetok")
+    monkeypatch.setitem(registry.ROLES, "dummy-detok", "tests.graphs.test_compile:DummyDetok")
     g = Graph("chat")
     tok = g.stage("tokenize", DummyTok)
     eng = g.stage("engine", "tests.graphs.test_compile:DummyEngine")

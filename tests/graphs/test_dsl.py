@@ -153,9 +153,9 @@ def test_graph_name_is_checked():
 
 def test_run_compiles_and_delegates_to_the_in_process_runtime(monkeypatch):
     calls = []
-    inprocess = types.ModuleType("tideflow.runtime.inprocess")
+    inprocess = types.ModuleType("tideflow.runtime.dataflow.inprocess")
     inprocess.run_graph = lambda compiled, prompts, params, **kw: calls.append((compiled, prompts, params, kw)) or "ran"
-    monkeypatch.setitem(sys.modules, "tideflow.runtime.inprocess", inprocess)
+    monkeypatch.setitem(sys.modules, "tideflow.runtime.dataflow.inprocess", inprocess)
     monkeypatch.setattr("os.cpu_count", lambda: 4)
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=types.SimpleNamespace(device_count=lambda: 0)))
     g = Graph("g")
@@ -166,9 +166,9 @@ def test_run_compiles_and_delegates_to_the_in_process_runtime(monkeypatch):
 
 
 def test_deploy_hands_the_uncompiled_graph_to_the_executor(monkeypatch):
-    executor = types.ModuleType("tideflow.runtime.executor")
+    executor = types.ModuleType("tideflow.runtime.dataflow.executor")
     executor.deploy = lambda graph, address=None, **kw: (graph, address, kw)
-    monkeypatch.setitem(sys.modules, "tideflow.runtime.executor", executor)
+    monkeypatch.setitem(sys.modules, "tideflow.runtime.dataflow.executor", executor)
     g = Graph("g")
     g.stage("engine", "not.compiled:Yet")
     assert g.deploy("ray://head:10001", detached=True) == (g, "ray://head:10001", {"detached": True})

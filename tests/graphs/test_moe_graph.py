@@ -15,8 +15,8 @@ import torch
 
 from tideflow import SamplingParams
 from tideflow.graphs.builtin import moe
-from tideflow.models.expert_placement import balanced_placement, even_placement
-from tideflow.runtime.inprocess import InProcessGraph
+from tideflow.runtime.parallel.expert_placement import balanced_placement, even_placement
+from tideflow.runtime.dataflow.inprocess import InProcessGraph
 
 LENGTHS = [3, 11, 1, 24, 7, 16]
 MAX_TOKENS = [12, 6, 10, 8, 12, 5]

@@ -9,9 +9,9 @@ import pytest
 
 from tideflow import SamplingParams
 from tideflow.graphs.builtin import multimodal
-from tideflow.runtime.collector import RequestError
+from tideflow.runtime.dataflow.collector import RequestError
 
-from ..models.llava_reference import hf_generate, make_image, png
+from tests.testing.llava_reference import hf_generate, make_image, png
 
 MAX_TOKENS = 10
 GREEDY = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)

@@ -15,7 +15,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 import tideflow.models
 from tideflow.models import load_model, load_tokenizer, resolve_dtype
 from tideflow.models.loader import eos_token_ids, model_max_len
-from tideflow.models.testing import EOS_ID, IM_END_ID, write_tiny_model
+from tideflow.testing.tiny_models import EOS_ID, IM_END_ID, write_tiny_model
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,7 +1,7 @@
 """tideflow's packed decoder against transformers' own forward of the same model.
 
 Token-level parity with `generate` for every architecture and scheduling mode is in
-tests/runtime/test_hf_parity.py; here: logits of mixed packed steps, the weight sharing of the
+tests/runtime/engine/test_hf_parity.py; here: logits of mixed packed steps, the weight sharing of the
 fused projections, and which models it refuses."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from tideflow import LLM, SamplingParams
 from tideflow.config import engine_config
 from tideflow.models.packed_decoder import PackedDecoder, unsupported_reason
-from tideflow.runtime.attention import attend_function
-from tideflow.runtime.engine import _packed_decoder
+from tideflow.runtime.engine.attention import attend_function
+from tideflow.runtime.engine.engine import _packed_decoder
 
 
 def _step_logits(llm: LLM, steps: int) -> list[torch.Tensor]:

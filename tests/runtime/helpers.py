@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import torch
 
 from tideflow.config import SchedulerConfig
-from tideflow.runtime.kv_cache import BlockManager
-from tideflow.runtime.scheduler import Scheduler
-from tideflow.runtime.sequence import Sequence
+from tideflow.runtime.engine.core.block_manager import BlockManager
+from tideflow.runtime.engine.core.scheduler import Scheduler
+from tideflow.runtime.engine.core.sequence import Sequence
 from tideflow.sampling_params import SamplingParams
 
 EOS = 0

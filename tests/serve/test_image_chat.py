@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from ..models.llava_reference import hf_generate, make_image, png
+from tests.testing.llava_reference import hf_generate, make_image, png
 from .conftest import run_app
 
 

@@ -14,7 +14,7 @@ from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.prepare import prepare_chat
 from tideflow.serve.protocol import ChatCompletionRequest
 
-from ..models.llava_reference import make_image, png
+from tests.testing.llava_reference import make_image, png
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ async def _kill_engine_mid_stream(url: str, kill) -> tuple[list[str], tuple, tup
 
 def test_a_dead_stage_fails_requests_explicitly_then_the_replica_is_replaced(small_server, ray_session):
     """Last on this server: it loses its engine."""
-    from tideflow.runtime.executor import NAMESPACE
+    from tideflow.runtime.dataflow.executor import NAMESPACE
 
     with urllib.request.urlopen(f"{small_server.url}/health", timeout=30) as resp:
         graph = json.loads(resp.read())["graph"]

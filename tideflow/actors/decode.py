@@ -13,13 +13,13 @@ from collections import deque
 
 import pyarrow as pa
 
-from tideflow.actors.base import Emission, StageContext, StageRole
+from tideflow.runtime.dataflow.role import Emission, StageContext, StageRole
 from tideflow.actors.engine import build_engine, capacity, engine_stats
 from tideflow.actors.prefill import kv_key
-from tideflow.actors.rows import TokenStream, decode_logprobs, error_row, to_batch
-from tideflow.actors.state import KeyMemory, kv_from_state, restore_stream, seq_from_state, seq_state, stream_state
-from tideflow.graphs import schemas
-from tideflow.runtime.sequence import Sequence, SequenceStatus
+from tideflow.runtime.edges.rows import TokenStream, decode_logprobs, error_row, to_batch
+from tideflow.runtime.recovery.snapshot_codec import KeyMemory, kv_from_state, restore_stream, seq_from_state, seq_state, stream_state
+from tideflow.runtime.edges import schemas
+from tideflow.runtime.engine.core.sequence import Sequence, SequenceStatus
 
 
 class Decode(StageRole):

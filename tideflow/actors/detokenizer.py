@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from tideflow.actors.base import AbortUpstream, Emission, StageContext, StageRole
-from tideflow.actors.rows import to_batch
-from tideflow.graphs import schemas
-from tideflow.runtime.detokenizer import Detokenizer as IncrementalDetokenizer
-from tideflow.runtime.sequence import Sequence
+from tideflow.runtime.dataflow.role import AbortUpstream, Emission, StageContext, StageRole
+from tideflow.runtime.edges.rows import to_batch
+from tideflow.runtime.edges import schemas
+from tideflow.runtime.engine.detokenizer import Detokenizer as IncrementalDetokenizer
+from tideflow.runtime.engine.core.sequence import Sequence
 
 _FINISHED_MEMORY = 65536  # finished completions remembered to drop their late rows
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from tideflow.actors.base import Emission, StageContext, StageRole
-from tideflow.actors.rows import TokenStream, error_row, to_batch
-from tideflow.actors.state import (
+from tideflow.runtime.dataflow.role import Emission, StageContext, StageRole
+from tideflow.runtime.edges.rows import TokenStream, error_row, to_batch
+from tideflow.runtime.recovery.snapshot_codec import (
     KeyMemory,
     generator_state,
     requests_state,
@@ -15,7 +15,7 @@ from tideflow.actors.state import (
     restore_stream,
     stream_state,
 )
-from tideflow.graphs import schemas
+from tideflow.runtime.edges import schemas
 
 
 def features_key(request_id: str) -> str:
@@ -35,9 +35,9 @@ def capacity(options: dict) -> int:
 def build_engine(options: dict):
     """An engine core (no detokenizer: text is the detokenizer stage's job) from stage options.
     `expert_*` options (`expert_actors=K` ...) move the MoE experts onto K expert actors
-    started beside the core (tideflow.runtime.expert_parallel), held as `core.expert_parallel`."""
+    started beside the core (tideflow.runtime.parallel.expert_parallel), held as `core.expert_parallel`."""
     from tideflow.config import engine_config, expert_parallel_config
-    from tideflow.runtime.engine import Engine as EngineCore
+    from tideflow.runtime.engine.engine import Engine as EngineCore
 
     if "num_threads" in options:
         import torch
@@ -46,7 +46,7 @@ def build_engine(options: dict):
     experts, engine_options = expert_parallel_config({k: v for k, v in options.items() if k not in _STAGE_OPTIONS})
     core = EngineCore(engine_config(options["model"], **engine_options), detokenize=False)
     if experts is not None:
-        from tideflow.runtime.expert_parallel import start_expert_parallel
+        from tideflow.runtime.parallel.expert_parallel import start_expert_parallel
 
         core.expert_parallel = start_expert_parallel(core, experts)
     return core

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from tideflow.actors.base import Emission, StageContext, StageRole
+from tideflow.runtime.dataflow.role import Emission, StageContext, StageRole
 from tideflow.actors.engine import admit, build_engine, capacity, engine_stats
-from tideflow.actors.rows import encode_logprobs, to_batch
-from tideflow.actors.state import KeyMemory, generator_state, requests_state, restore_generator, restore_requests
-from tideflow.graphs import schemas
+from tideflow.runtime.edges.rows import encode_logprobs, to_batch
+from tideflow.runtime.recovery.snapshot_codec import KeyMemory, generator_state, requests_state, restore_generator, restore_requests
+from tideflow.runtime.edges import schemas
 
 
 def kv_key(request_id: str, index: int) -> str:

@@ -6,8 +6,8 @@ import json
 
 import pyarrow as pa
 
-from tideflow.actors.base import Emission, StageContext, StageRole
-from tideflow.graphs import schemas
+from tideflow.runtime.dataflow.role import Emission, StageContext, StageRole
+from tideflow.runtime.edges import schemas
 
 
 class Tokenizer(StageRole):

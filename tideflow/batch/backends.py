@@ -70,7 +70,7 @@ class GraphBackend:
         self.tokenizer = self.info.tokenizer
 
     def check(self, token_ids: list[int], params: SamplingParams) -> str | None:
-        from tideflow.runtime.sequence import check_prompt_ids
+        from tideflow.runtime.engine.core.sequence import check_prompt_ids
 
         try:
             check_prompt_ids(token_ids, self.info.vocab_size, self.info.max_model_len)

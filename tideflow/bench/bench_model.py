@@ -23,7 +23,7 @@ BENCH_MODEL_CONFIG: dict[str, Any] = {
 
 def bench_model(path: str | os.PathLike) -> Path:
     """Write the benchmark model (random weights, float32) into `path` unless it is already there."""
-    from tideflow.models.testing import write_tiny_model
+    from tideflow.testing.tiny_models import write_tiny_model
 
     path = Path(path)
     if _is_bench_model(path):

@@ -38,7 +38,7 @@ def _latencies(records: list[tuple[float, float, float, int]]) -> dict:
 def _run_engine(model_dir: str, trace, dtype: str) -> tuple[float, list, list]:
     from tideflow import SamplingParams
     from tideflow.config import engine_config
-    from tideflow.runtime.engine import Engine
+    from tideflow.runtime.engine.engine import Engine
 
     engine = Engine(engine_config(model_dir, dtype=dtype), detokenize=True)
 

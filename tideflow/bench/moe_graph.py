@@ -36,7 +36,7 @@ MOE_MODEL_CONFIG = {
 
 def moe_bench_model(path: str | os.PathLike | None = None) -> Path:
     """Write the MoE benchmark model (random weights, float32) unless it is already there."""
-    from tideflow.models.testing import write_tiny_model
+    from tideflow.testing.tiny_models import write_tiny_model
 
     path = Path(path or Path(tempfile.gettempdir()) / "tideflow-bench" / MOE_MODEL_NAME)
     try:

@@ -29,7 +29,7 @@ PROMPT = "USER: <image>\nDescribe the picture. ASSISTANT:"
 
 def multimodal_bench_model(path: str | os.PathLike | None = None) -> Path:
     """The tiny LLaVA (random weights, float32), written unless it is already there."""
-    from tideflow.models.testing import write_tiny_model
+    from tideflow.testing.tiny_models import write_tiny_model
 
     path = Path(path or Path(tempfile.gettempdir()) / "tideflow-bench" / "llava-tiny")
     if (path / "config.json").exists() and (path / "model.safetensors").exists():

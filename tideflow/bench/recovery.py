@@ -62,7 +62,7 @@ def recovery_times(model: str, kills: int, count: int, max_tokens: int) -> dict:
     import ray
 
     from tideflow.graphs.builtin import disaggregated
-    from tideflow.runtime.executor import NAMESPACE
+    from tideflow.runtime.dataflow.executor import NAMESPACE
 
     prompts, params = _trace(count, max_tokens, seed=1)
     handle = disaggregated(model, prefill=1, decode=2, dtype="float32", name="bench-kill").deploy(checkpoint_interval=1.0)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:
         import tempfile
 
-        from tideflow.models.testing import write_tiny_model
+        from tideflow.testing.tiny_models import write_tiny_model
 
         model = str(write_tiny_model("llama", tempfile.mkdtemp(prefix="tideflow-bench-"), seed=0))
     import ray

@@ -44,7 +44,7 @@ class InprocessEngine:
 
     def __init__(self, model_dir: str, dtype: str = "auto"):
         from tideflow.config import engine_config
-        from tideflow.runtime.engine import Engine
+        from tideflow.runtime.engine.engine import Engine
 
         self.engine = Engine(engine_config(model_dir, dtype=dtype), detokenize=False)
         self._next_id = 0

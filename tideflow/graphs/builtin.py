@@ -152,7 +152,7 @@ def _check_moe(model: str, expert_actors, trust_remote_code: bool) -> None:
     """`expert_actors` against the model's routed experts (reads its config only)."""
     from transformers import AutoConfig
 
-    from tideflow.models.expert_placement import check_expert_actors
+    from tideflow.runtime.parallel.expert_placement import check_expert_actors
     from tideflow.models.loader import num_routed_experts
 
     check_expert_actors(expert_actors, num_routed_experts(AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)))

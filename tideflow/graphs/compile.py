@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from tideflow.actors.base import StageRole, resolve_role
+from tideflow.actors.registry import resolve_role
+from tideflow.runtime.dataflow.role import StageRole
 from tideflow.graphs.graph import EdgeSpec, Graph, StageSpec
-from tideflow.graphs.schemas import schema_name
+from tideflow.runtime.edges.schemas import schema_name
 
 _EPS = 1e-9  # slack when comparing fractional resource amounts
 

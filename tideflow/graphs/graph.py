@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tideflow.actors.base import role_key
+from tideflow.actors.registry import role_key
 
 if TYPE_CHECKING:
-    from tideflow.actors.base import StageRole
+    from tideflow.runtime.dataflow.role import StageRole
     from tideflow.graphs.compile import CompiledGraph
 
 DEFAULT_QUEUE_SIZE = 8  # bound of a downstream inbox, in batches
@@ -290,7 +290,7 @@ class Graph:
 
     def run(self, prompts, sampling_params=None, **kwargs):
         """Compile for this machine and run in-process (tests, notebooks)."""
-        from tideflow.runtime.inprocess import run_graph
+        from tideflow.runtime.dataflow.inprocess import run_graph
 
         return run_graph(self.compile(), prompts, sampling_params, **kwargs)
 
@@ -299,12 +299,12 @@ class Graph:
         which connects to Ray at `address` first and then compiles against the live cluster's
         nodes, so the resource check sees the cluster the stages will actually run on.
 
-        Keyword arguments (see `tideflow.runtime.executor.deploy`): `inbox_size`; recovery,
+        Keyword arguments (see `tideflow.runtime.dataflow.executor.deploy`): `inbox_size`; recovery,
         on by default: `checkpoint_dir` (local directory or pyarrow.fs URI; None: a temporary
         one), `checkpoint_interval` (seconds), `checkpoint_batches`, `max_restarts`, and
         `recovery=False` to turn it off; `request_log` (a directory) records finished requests
         for `tideflow replay`."""
-        from tideflow.runtime.executor import deploy
+        from tideflow.runtime.dataflow.executor import deploy
 
         return deploy(self, address=address, **kwargs)
 

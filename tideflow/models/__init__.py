@@ -1,7 +1,7 @@
 """Loading Hugging Face models and tokenizers.
 
 `torch` and `transformers` are imported lazily, inside the loader's functions.
-Tiny random checkpoints for tests live in `tideflow.models.testing`.
+Tiny random checkpoints for tests live in `tideflow.testing.tiny_models`.
 """
 
 from tideflow.models.loader import (

@@ -1,7 +1,7 @@
 """One expert's MLP, and the holder an expert actor keeps its experts in.
 
 `expert_mlp` is the per-expert computation of every tideflow experts path (in-process in
-`tideflow.models.experts`, remote in `tideflow.actors.experts`), so both run the same ops
+`tideflow.models.experts`, remote in `tideflow.runtime.parallel.experts_actor`), so both run the same ops
 in the same order. It reads the layout flags transformers' `use_experts_implementation`
 sets on an experts module. `HeldExperts` carries the same attributes for the experts an
 actor holds, without transformers' module class: importing torch is all an expert actor

@@ -10,7 +10,7 @@ transformers splits an MoE block in two: a router module (`gate`: linear -> soft
 - `DISPATCH_NAME` ("tideflow_dispatch") is the experts function of expert-parallel engines:
   it hands each layer's hidden states, top-k ids and weights to the callable bound on that
   experts module (`bind_dispatch`), which sends the rows to the expert actors that own the
-  chosen experts (`tideflow.runtime.expert_parallel`). Bound per module, so each layer knows
+  chosen experts (`tideflow.runtime.parallel.expert_parallel`). Bound per module, so each layer knows
   which layer it is without any global state.
 - `use_tideflow_routing` replaces the forward of router modules whose semantics are known
   (`ROUTERS`) so that softmax / top-k / renormalisation run in `route`. The router's linear

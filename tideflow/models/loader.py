@@ -205,3 +205,20 @@ def eos_token_ids(hf_config: Any, generation_config: Any, tokenizer: Any) -> set
         if source is not None:
             ids |= _ids(getattr(source, "eos_token_id", None))
     return ids
+
+
+def check_divisible(hf_config, world: int) -> None:
+    """Raise ValueError naming `tensor_parallel_size` when `world` does not split the model."""
+    if not isinstance(world, int) or isinstance(world, bool) or world < 1:
+        raise ValueError(f"tensor_parallel_size must be a positive integer, got {world!r}")
+    text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    sizes = {
+        "num_attention_heads": text.num_attention_heads,
+        "num_key_value_heads": getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
+        "intermediate_size": getattr(text, "intermediate_size", None),
+        "moe_intermediate_size": getattr(text, "moe_intermediate_size", None),
+        "shared_expert_intermediate_size": getattr(text, "shared_expert_intermediate_size", None),
+    }
+    for name, size in sizes.items():
+        if size and size % world:
+            raise ValueError(f"tensor_parallel_size ({world}) must divide {name} ({size})")

@@ -169,7 +169,7 @@ class PackedDecoder:
 
     `decoder(input_ids [T], positions [T], meta, logits_rows [n]) -> logits [n, vocab]`,
     where `meta` is the step's `AttentionMetadata` and `attend` the paged attention function
-    (`tideflow.runtime.attention.make_attend`)."""
+    (`tideflow.runtime.engine.attention.make_attend`)."""
 
     def __init__(self, model, attend: Callable):
         reason = unsupported_reason(model)

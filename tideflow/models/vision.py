@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tideflow.runtime.multimodal import IMAGE_FIELD, ImagePromptSpec
+from tideflow.models.image_spec import IMAGE_FIELD, ImagePromptSpec
 
 
 class ImageDecodeError(ValueError):

@@ -101,7 +101,7 @@ class ServeConfig:
         keeps its own models unless `model` overrides them."""
         model = self.model
         if model is None and self.graph in BUILTIN_GRAPHS:
-            from tideflow.models.default import default_model_dir
+            from tideflow.demo.default_model import default_model_dir
 
             model = str(default_model_dir())
         named = model or yaml_graph_model(self.graph)

@@ -92,7 +92,7 @@ def _init_ray(address: str | None) -> bool:
     """Start or join Ray unless this process is connected already; whether it connected now."""
     import ray
 
-    from tideflow.runtime.executor import NAMESPACE
+    from tideflow.runtime.dataflow.executor import NAMESPACE
 
     if ray.is_initialized():
         return False

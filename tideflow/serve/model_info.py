@@ -32,7 +32,7 @@ class ModelInfo:
 
         from tideflow.models import load_tokenizer, model_max_len
 
-        from tideflow.runtime.multimodal import ImagePromptSpec
+        from tideflow.models.image_spec import ImagePromptSpec
 
         hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         vocab = getattr(hf_config, "vocab_size", None) or hf_config.get_text_config().vocab_size

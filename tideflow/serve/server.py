@@ -45,7 +45,7 @@ _DONE = "data: [DONE]\n\n"
 class OpenAIServer:
     def __init__(self, config: ServeConfig, handle, info: ModelInfo):
         self.config = config
-        self.handle = handle  # tideflow.runtime.executor.GraphHandle
+        self.handle = handle  # tideflow.runtime.dataflow.executor.GraphHandle
         self.info = info
         self.metrics = ServeMetrics(info.name)
         self.admission = Admission(config.max_ongoing_requests, config.max_queued_requests)

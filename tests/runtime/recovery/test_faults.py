@@ -1,0 +1,158 @@
+"""Fault tests on a deployed graph (RELIABILITY.md faults 1-3): replicas crash while
+processing, inside a snapshot, inside a restore; every request completes exactly once with
+the tokens of the no-fault run, a checkpoint cut short is replaced by a later complete one,
+and old checkpoint files are deleted.
+
+One deployment carries every fault (each fires once, at a seeded point) to keep Ray time low.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from tideflow.graphs.builtin import disaggregated
+from tideflow.runtime.recovery.checkpoint_store import CheckpointStore
+from tideflow.runtime.recovery.settings import FaultSpec, recovery_config, seeded_faults
+from tideflow.runtime.recovery.request_log import read_log
+
+from tests.graphs.parity import mixed_requests, reference_tokens
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return tiny_model_dir("llama")
+
+
+def test_recovery_settings_are_validated(tmp_path):
+    assert recovery_config("g", False, None, None, None, None) is None
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        recovery_config("g", False, str(tmp_path), None, None, None)
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        recovery_config("g", True, str(tmp_path), 0, None, None)
+    with pytest.raises(ValueError, match="checkpoint_batches"):
+        recovery_config("g", True, str(tmp_path), None, 0, None)
+    with pytest.raises(ValueError, match="recovery"):
+        recovery_config("g", "yes", None, None, None, None)
+    with pytest.raises(ValueError, match="phase"):
+        FaultSpec("decode", 0, "sleeping")
+    with pytest.raises(ValueError, match="after"):
+        FaultSpec("decode", 0, "process", 0)
+    drawn = seeded_faults(7, {"prefill": 1, "decode": 2}, phases=("process", "snapshot"), count=3)
+    assert drawn == seeded_faults(7, {"prefill": 1, "decode": 2}, phases=("process", "snapshot"), count=3)
+    assert all(f.stage in ("prefill", "decode") and 1 <= f.after <= 20 for f in drawn)
+    owned = recovery_config("g", True, None, 2.0, 5, 3)
+    assert owned.owns_dir and owned.interval_s == 2.0 and owned.interval_batches == 5 and owned.max_restarts == 3
+
+
+@pytest.fixture(scope="module")
+def workload(model):
+    prompts, params = mixed_requests(512, count=16, seed=4)
+    params = [p.replace(max_tokens=p.max_tokens + 8) for p in params]
+    return prompts, params, reference_tokens(model, prompts, params)
+
+
+FAULTS = (
+    FaultSpec("decode", 0, "process", 3),  # a decode replica dies while processing
+    FaultSpec("decode", 1, "snapshot", 1),  # another dies inside its first snapshot: a checkpoint cut short
+    FaultSpec("prefill", 0, "process", 2),  # prefill dies with KV handed over or not yet (fault 5)
+    FaultSpec("detokenize", 0, "process", 4),  # the last stage dies ...
+    FaultSpec("detokenize", 0, "restore", 1),  # ... and again while restoring
+)
+
+
+@pytest.fixture(scope="module")
+def deployed(ray_session, model, tmp_path_factory):
+    """One faulty graph shared by the tests of this module (deploying is the slow part)."""
+    root = tmp_path_factory.mktemp("recovery")
+    directory = str(root / "ck")
+    graph = disaggregated(model, prefill=1, decode=2, dtype="float64", max_num_seqs=4, name="faulty")
+    handle = graph.deploy(
+        checkpoint_dir=directory, checkpoint_interval=0.5, checkpoint_batches=6, faults=FAULTS, request_log=str(root / "log")
+    )
+    handle.log_dir = str(root / "log")
+    yield handle, directory
+    handle.shutdown()
+
+
+def test_crashes_in_every_phase_lose_and_duplicate_nothing(ray_session, deployed, workload):
+    handle, directory = deployed
+    prompts, params, reference = workload
+    half = len(prompts) // 2
+
+    async def stream(i):  # streams survive the crashes too (RELIABILITY.md fault 4)
+        last = None
+        async for last in handle.submit(prompts[i], params[i]):
+            pass
+        return last
+
+    async def both():
+        streamed = asyncio.gather(*(stream(i) for i in range(half)))
+        batch = asyncio.to_thread(handle.generate, prompts[half:], params[half:])
+        return await asyncio.gather(streamed, batch)
+
+    streamed, batch = asyncio.run(asyncio.wait_for(both(), timeout=300))
+    out = list(streamed) + list(batch)
+    assert [o.outputs[0].token_ids for o in out] == reference  # nothing lost, nothing repeated
+    assert all(o.finished for o in out)
+    status = handle.checkpoints()
+    # the expected number of recoveries: one per fault, two where the restore failed once
+    assert status["restarts"] == {"decode/0": 1, "decode/1": 1, "prefill/0": 1, "detokenize/0": 2}
+    assert status["aborted"], "the checkpoint cut short by decode/1 was aborted"
+    cid = handle.checkpoint()
+    assert cid > max(status["aborted"])
+    store = CheckpointStore(directory)
+    assert store.checkpoints() == [(cid, True)]  # older ones deleted
+    assert all(epoch >= cid for name in ("decode-0", "decode-1", "prefill-0") for epoch, _, _ in store.log_parts(name))
+    assert ray_session.get(handle.collector.status.remote()) == {"in_flight": 0, "dead": []}
+    for replica in handle.stats()["decode"]:  # no KV blocks leaked by replayed or duplicated handovers
+        assert replica["kv_cache_usage_perc"] == 0 and replica["num_requests_running"] == 0
+        startup = replica["startup"]  # both decode replicas restarted: their figures are the new process's
+        assert startup["process_at"] <= startup["init_at"] and startup["role_init_s"] > 0 and replica["restore_s"] > 0
+    _, recorded = read_log(handle.log_dir)  # deploy(request_log=...) recorded each request once
+    assert sorted((r.prompt["prompt_token_ids"], r.token_ids[0]) for r in recorded) == sorted(
+        (p["prompt_token_ids"], t) for p, t in zip(prompts, reference)
+    )
+
+
+def test_rescale_decode_2_4_2_under_load(ray_session, deployed, workload):
+    handle, _ = deployed
+    prompts, params, reference = workload
+    with pytest.raises(ValueError, match="sticky"):
+        handle.rescale("detokenize", 2)
+    with pytest.raises(ValueError, match="replicas"):
+        handle.rescale("decode", 0)
+    with pytest.raises(ValueError, match="no stage"):
+        handle.rescale("vision", 2)
+    rescaled = threading.Event()
+    rounds: list[list[list[int]]] = []
+
+    def traffic():  # the workload again and again until one full round ran after the rescales
+        while True:
+            after = rescaled.is_set()
+            rounds.append([o.outputs[0].token_ids for o in handle.generate(prompts, params)])
+            if after:
+                return
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    handle.rescale("decode", 4)
+    assert len(handle.actors["decode"]) == 4
+    new = handle.actors["decode"][2:]
+    deadline = time.monotonic() + 120
+    while worker.is_alive() and time.monotonic() < deadline:  # the new replicas take a share of the traffic
+        if all(s["batches_in"] for s in ray_session.get([a.stats.remote() for a in new])):
+            break
+        time.sleep(0.2)  # polling: no event tells when a replica took input
+    assert all(s["batches_in"] > 0 for s in ray_session.get([a.stats.remote() for a in new]))
+    handle.rescale("decode", 2)
+    rescaled.set()
+    worker.join(timeout=300)
+    assert not worker.is_alive() and len(rounds) >= 2
+    assert all(r == reference for r in rounds)  # equal to the no-fault run, every round
+    assert len(handle.actors["decode"]) == 2
+    assert ray_session.get(handle.collector.status.remote()) == {"in_flight": 0, "dead": []}
+    assert handle.checkpoint() > 0  # checkpointing resumed over the new replica set

@@ -1,0 +1,226 @@
+"""The in-process engine: admits requests and advances them one step at a time.
+
+`Engine.step()` is schedule -> execute -> update. Everything else here is construction
+(decided once) and request admission (validated before anything is queued).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from tideflow.config import EngineConfig
+from tideflow.models.image_spec import ImagePromptSpec
+from tideflow.runtime.engine.prompt_images import PromptImages
+from tideflow.runtime.engine.core.sequence import Request, Sequence, check_prompt_ids
+from tideflow.sampling_params import SamplingParams
+
+
+# The runner of a tensor-parallel engine (tensor_parallel_size > 1): rank 0 here, the other
+# ranks in actors. It lives a layer up, in tideflow.runtime.parallel, which builds on this
+# package; the engine names it here and imports it on first use.
+SHARDED_RUNNER = "tideflow.runtime.parallel.sharded_runner:start_sharded_runner"
+
+
+def _plugin(target: str):
+    """The callable that "module:name" names, imported now."""
+    import importlib
+
+    module_name, _, name = target.partition(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, *, detokenize: bool = True):
+        """`detokenize=False` leaves text and stop strings to a downstream stage (graphs)."""
+        import torch
+
+        from tideflow.models.loader import eos_token_ids, load_model, load_tokenizer, model_max_len, uniform_sliding_window
+        from tideflow.runtime.engine.attention import PagedKVCache, attend_function, attention_kernels, register_attention
+        from tideflow.runtime.engine.detokenizer import Detokenizer
+        from tideflow.runtime.engine.core.block_manager import BlockManager
+        from tideflow.runtime.engine.model_runner import ModelRunner
+        from tideflow.runtime.engine.sampler import Sampler
+        from tideflow.runtime.engine.core.scheduler import Scheduler
+
+        mc = config.model
+        attn = register_attention(config.kernel_backend)
+        self.model, self.hf_config = load_model(
+            mc.model, dtype=mc.dtype, device=config.parallel.device, attn_implementation=attn,
+            kernel_backend=config.kernel_backend,
+            trust_remote_code=mc.trust_remote_code,
+        )
+        self.tokenizer = load_tokenizer(mc.tokenizer or mc.model, trust_remote_code=mc.trust_remote_code)
+        self.max_model_len = mc.max_model_len or model_max_len(self.hf_config)
+        self.vocab_size = self.hf_config.get_text_config().vocab_size
+        self.eos_token_ids = frozenset(eos_token_ids(self.hf_config, _generation_config(mc.model), self.tokenizer))
+        self.config = config = self._resolve(config)
+
+        hf = self.hf_config.get_text_config()
+        num_layers = hf.num_hidden_layers
+        kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+        tp = config.parallel.tensor_parallel_size
+        if tp > 1:
+            from tideflow.models.loader import check_divisible
+
+            check_divisible(self.hf_config, tp)
+            if ImagePromptSpec.from_config(self.hf_config) is not None:  # its shards would get no image features
+                raise ValueError("tensor_parallel_size > 1 cannot run a multimodal model yet")
+            kv_heads //= tp  # each rank caches the kv heads of its shard
+        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        dtype = next(self.model.parameters()).dtype
+        cc = config.cache
+        bytes_per_block = 2 * num_layers * cc.block_size * kv_heads * head_dim * dtype.itemsize
+        self.num_blocks = cc.num_blocks or max(
+            1,
+            min(
+                cc.kv_cache_memory_bytes // bytes_per_block,
+                config.scheduler.max_num_seqs * -(-self.max_model_len // cc.block_size),
+            ),
+        )
+        kv_cache = PagedKVCache.allocate(
+            num_layers, self.num_blocks, cc.block_size, kv_heads, head_dim, dtype, config.parallel.device
+        )
+        self.blocks = BlockManager(
+            self.num_blocks, cc.block_size, cc.enable_prefix_caching, sliding_window=uniform_sliding_window(self.hf_config)
+        )
+        self.detokenizer = Detokenizer(self.tokenizer) if detokenize else None
+        self.scheduler = Scheduler(
+            config.scheduler, self.blocks, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
+            stop_checker=self.detokenizer, clock=time.monotonic,
+        )
+        sampler = Sampler(self.vocab_size, self.eos_token_ids, seed=mc.seed, kernel_backend=config.kernel_backend)
+        decode_group_rows = attention_kernels(config.kernel_backend).decode_group_rows
+        if tp > 1:
+            self.runner = _plugin(SHARDED_RUNNER)(config, self.model, kv_cache, sampler, self.num_blocks, decode_group_rows)
+        else:
+            self.runner = ModelRunner(
+                self.model, kv_cache, sampler, device=config.parallel.device, decode_group_rows=decode_group_rows,
+                packed=_packed_decoder(self.model, mc.model_impl, attend_function(config.kernel_backend)),
+            )
+        self.requests: dict[str, Request] = {}
+        self.images = PromptImages(self.hf_config, self.model, mc.model, mc.trust_remote_code)
+        torch.manual_seed(mc.seed)
+
+    def _resolve(self, config: EngineConfig) -> EngineConfig:
+        sc = config.scheduler
+        if sc.max_num_batched_tokens is None:  # chunking off and no budget named: the whole context
+            sc = dataclasses.replace(sc, max_num_batched_tokens=max(2048, self.max_model_len))
+        if not sc.enable_chunked_prefill and sc.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({sc.max_num_batched_tokens}) must be >= max_model_len "
+                f"({self.max_model_len}) when chunked prefill is off"
+            )
+        return dataclasses.replace(
+            config, model=dataclasses.replace(config.model, max_model_len=self.max_model_len), scheduler=sc
+        )
+
+    # -- requests -----------------------------------------------------------------------------
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, prompt: str | None = None,
+        images=None, image_features=None,
+    ) -> Request:
+        """Validate and queue a request. Raises ValueError (naming the field) and queues nothing
+        when the request can never run. `images` (PIL images or encoded bytes) go with a
+        multimodal model's prompt: one placeholder image token (or an expanded run) each;
+        `image_features` are their features when an encoder stage computed them already."""
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        ids, image_inputs = self.images.prepare(list(prompt_token_ids), images, image_features)
+        ids = check_prompt_ids(ids, self.vocab_size, self.max_model_len)
+        now = time.monotonic()
+        seqs = [self.new_sequence(request_id, i, ids, params, arrival_time=now) for i in range(params.n)]
+        self.images.encode(image_inputs, images)
+        for seq in seqs:
+            seq.images = image_inputs
+        request = Request(request_id, prompt, list(ids), params, seqs, arrival_time=now)
+        self.requests[request_id] = request
+        for seq in seqs:
+            self.scheduler.add(seq)
+        return request
+
+    def new_sequence(self, request_id: str, index: int, ids: list[int], params: SamplingParams, arrival_time=0.0) -> Sequence:
+        """A sequence for completion `index` of a request, its output limit resolved. Raises
+        ValueError when prompt plus max_tokens can never fit the KV pool."""
+        max_tokens = self.max_model_len - len(ids)
+        if params.max_tokens is not None:
+            max_tokens = min(max_tokens, params.max_tokens)
+        needed = self.blocks.blocks_needed(len(ids) + max_tokens)
+        if window := self.blocks.sliding_window:  # blocks behind the window are given back as it moves
+            step_tokens = self.config.scheduler.max_num_batched_tokens
+            needed = min(needed, self.blocks.blocks_needed(window + step_tokens) + 1)
+        if needed > self.num_blocks:
+            raise ValueError(
+                f"prompt_token_ids: prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) needs {needed} KV "
+                f"blocks, more than the cache holds ({self.num_blocks})"
+            )
+        return Sequence(request_id, index, list(ids), len(ids), params, max_tokens, arrival_time=arrival_time)
+
+    def adopt(self, seq: Sequence, k, v) -> bool:
+        """Continue a sequence prefilled elsewhere: `k`/`v` hold the K/V of its first
+        `k.shape[1]` tokens. Returns False, holding nothing, when blocks or sequence slots are
+        short (the caller retries later or queues the sequence for recompute)."""
+        num_tokens = k.shape[1]
+        if len(self.scheduler.running) >= self.config.scheduler.max_num_seqs:
+            return False
+        if not self.blocks.allocate(seq, num_tokens):
+            return False
+        self.runner.write_kv(seq.block_table, k, v)
+        seq.num_computed_tokens = num_tokens
+        self.blocks.publish_full_blocks(seq)
+        return self.scheduler.adopt(seq)
+
+    def release(self, seqs: list[Sequence]) -> None:
+        """Stop sequences that leave this engine (handed off or aborted) and free their blocks."""
+        self.scheduler.abort(seqs)
+
+    def check_request(self, prompt_token_ids, params: SamplingParams, images=None) -> list[int]:
+        """Whether a request could ever run here, without queueing it: the prompt's ids as a
+        list (image placeholders expanded), or ValueError naming the field (empty prompt, ids
+        outside the vocabulary, a prompt as long as the context, prompt plus max_tokens beyond
+        the KV pool, images the model cannot take or the prompt does not place)."""
+        ids, _ = self.images.prepare(list(prompt_token_ids), images)
+        ids = check_prompt_ids(ids, self.vocab_size, self.max_model_len)
+        self.new_sequence("check", 0, ids, params)
+        return ids
+
+    def abort_request(self, request_id: str) -> None:
+        request = self.requests.pop(request_id, None)
+        if request is not None:
+            self.scheduler.abort(request.seqs)
+
+    def pop_finished(self, request_id: str) -> Request:
+        return self.requests.pop(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    # -- the step -----------------------------------------------------------------------------
+    def step(self) -> list[Sequence]:
+        batch = self.scheduler.schedule()
+        output = self.runner.execute(batch)
+        return self.scheduler.update(batch, output)
+
+
+def _packed_decoder(model, model_impl: str, attend):
+    """tideflow's own forward of `model` as `model_impl` asks (None: transformers' forward)."""
+    from tideflow.models.packed_decoder import PackedDecoder, unsupported_reason
+
+    if model_impl == "transformers":
+        return None
+    reason = unsupported_reason(model)
+    if reason is None:
+        return PackedDecoder(model, attend)
+    if model_impl == "tideflow":
+        raise ValueError(f"model_impl='tideflow' cannot run this model: {reason}")
+    return None
+
+
+def _generation_config(path: str):
+    """The checkpoint's generation_config.json, or None when it has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,199 @@
+"""Turns one step's logits into next tokens, batched over the rows.
+
+Order, as in vLLM v1: penalties -> min_tokens suppression -> (logprobs, from the raw logits) ->
+temperature -> top-k -> top-p -> min-p -> sample. Greedy rows take the argmax of the penalised
+logits and are never perturbed. Random rows go through `tideflow.kernels.sampling.sample`, whose
+draws are a pure function of (the row's seed, its counter, its logits): the counter is the
+number of tokens the sequence has generated, so its draws never depend on the batch around it,
+and a preempted, migrated or replayed sequence draws exactly the same tokens again.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from tideflow.kernels.sampling import sample, to_int64
+from tideflow.outputs import Logprob
+from tideflow.runtime.engine.core.sequence import Sequence
+
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    """What one sampling step produced."""
+
+    token_ids: list[int]  # row -> sampled token id
+    logprobs: list[dict[int, Logprob] | None]  # row -> {token_id: Logprob} (sampled + top-n); None unless asked
+
+
+class Sampler:
+    """Samples one token per row. Reads `seq.params` and the token ids; the only state it writes
+    is `seq.sampling_seed`, fixed at a row's first random draw."""
+
+    def __init__(self, vocab_size: int, eos_token_ids: Iterable[int], seed: int = 0, kernel_backend: str = "auto"):
+        """`kernel_backend`: "auto" samples with tideflow's kernel for the logits' device,
+        "torch" with its torch reference (the same tokens)."""
+        self.vocab_size = vocab_size
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.kernel_backend = kernel_backend
+        self.generator = torch.Generator()  # draws the seeds of rows without their own
+        self.generator.manual_seed(seed & _MASK64)
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+        """logits: [len(seqs), >= vocab_size], row i is the next-token distribution of seqs[i]."""
+        raw = logits[:, : self.vocab_size]
+        random_rows, penalty_rows, min_tokens_rows, logprob_rows = [], [], [], []
+        for i, seq in enumerate(seqs):
+            p = seq.params
+            if not p.greedy:
+                random_rows.append(i)
+            if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+                penalty_rows.append(i)
+            if seq.num_output_tokens < p.min_tokens:
+                min_tokens_rows.append(i)
+            if p.logprobs is not None:
+                logprob_rows.append(i)
+        if not (random_rows or penalty_rows or min_tokens_rows or logprob_rows):
+            return SamplerOutput(raw.argmax(dim=-1).tolist(), [None] * len(seqs))
+
+        dtype = torch.float64 if raw.dtype == torch.float64 else torch.float32
+        dev = raw.device
+        work = raw.to(dtype, copy=bool(penalty_rows or min_tokens_rows))  # never modify the caller's logits
+        if penalty_rows:
+            idx = torch.tensor(penalty_rows, device=dev)
+            work[idx] = apply_penalties(work[idx], [seqs[i] for i in penalty_rows])
+        if min_tokens_rows:
+            self._suppress_stop_tokens(work, [(i, seqs[i]) for i in min_tokens_rows])
+
+        tokens = work.argmax(dim=-1)
+        if random_rows:
+            idx = torch.tensor(random_rows, device=dev)
+            tokens[idx] = self._sample_random(work[idx], [seqs[i] for i in random_rows])
+
+        token_list = tokens.tolist()
+        logprobs: list[dict[int, Logprob] | None] = [None] * len(seqs)
+        if logprob_rows:
+            idx = torch.tensor(logprob_rows, device=dev)
+            num_top = [min(seqs[i].params.logprobs, self.vocab_size) for i in logprob_rows]
+            rows = _logprob_dicts(raw[idx].to(dtype), tokens[idx], num_top)
+            for i, d in zip(logprob_rows, rows):
+                logprobs[i] = d
+        return SamplerOutput(token_list, logprobs)
+
+    def _suppress_stop_tokens(self, logits: torch.Tensor, rows: list[tuple[int, Sequence]]) -> None:
+        """Sets the EOS (unless ignore_eos) and stop-token columns of the given rows to -inf, in place."""
+        row_idx, col_idx = [], []
+        for i, seq in rows:
+            ids = set(seq.params.stop_token_ids)
+            if not seq.params.ignore_eos:
+                ids.update(self.eos_token_ids)
+            ids = [t for t in ids if t < self.vocab_size]
+            row_idx += [i] * len(ids)
+            col_idx += ids
+        if col_idx:
+            dev = logits.device
+            logits[torch.tensor(row_idx, device=dev), torch.tensor(col_idx, device=dev)] = float("-inf")
+
+    def _sample_random(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """logits: [R, V] penalised logits of non-greedy rows -> [R] sampled token ids."""
+        dev = logits.device
+        params = [s.params for s in seqs]
+
+        def column(values, dtype):
+            return torch.tensor(values, dtype=dtype, device=dev)
+
+        return sample(
+            logits,
+            column([p.temperature for p in params], torch.float64),
+            column([p.top_k for p in params], torch.int64),
+            column([p.top_p for p in params], torch.float64),
+            column([p.min_p for p in params], torch.float64),
+            column(self._seeds(seqs), torch.int64),
+            column([s.num_output_tokens for s in seqs], torch.int64),
+            backend=self.kernel_backend,
+        )
+
+    def _seeds(self, seqs: list[Sequence]) -> list[int]:
+        """Each row's sampling seed, fixed on first use: the request's seed mixed with the
+        completion index, or one drawn from the sampler's generator for unseeded requests."""
+        fresh = [s for s in seqs if s.sampling_seed is None and s.params.seed is None]
+        if fresh:
+            drawn = torch.empty(len(fresh), dtype=torch.int64).random_(generator=self.generator).tolist()
+            for seq, seed in zip(fresh, drawn):
+                seq.sampling_seed = seed
+        for seq in seqs:
+            if seq.sampling_seed is None:
+                seq.sampling_seed = to_int64(derive_seed(seq.params.seed, seq.index))
+        return [s.sampling_seed for s in seqs]
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """The sampling seed of completion `index` of a request seeded with `seed`: the seed itself for
+    index 0, a splitmix64 mix of (seed, index) for the others, so n > 1 completions differ."""
+    if index == 0:
+        return seed & _MASK64
+    z = (seed + index * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """logits: [R, V], row r belonging to seqs[r] -> penalised copy.
+
+    repetition (HF, over prompt + output): logit > 0 -> logit / p, else logit * p;
+    then frequency and presence (OpenAI, over output): logit -= frequency * count, then -= presence * (count > 0).
+    """
+    params = [s.params for s in seqs]
+    dtype, dev = logits.dtype, logits.device
+    counts = _token_counts([s.output_token_ids for s in seqs], logits.shape[1], dtype, dev)
+    if any(p.repetition_penalty != 1.0 for p in params):
+        seen = _token_counts([s.token_ids[: s.num_prompt_tokens] for s in seqs], logits.shape[1], dtype, dev) > 0
+        seen |= counts > 0
+        rep = torch.tensor([p.repetition_penalty for p in params], dtype=dtype, device=dev).unsqueeze(1)
+        rep = torch.where(seen, rep, 1.0)
+        logits = torch.where(logits > 0, logits / rep, logits * rep)
+    if any(p.frequency_penalty for p in params):
+        freq = torch.tensor([p.frequency_penalty for p in params], dtype=dtype, device=dev).unsqueeze(1)
+        logits = logits - freq * counts
+    if any(p.presence_penalty for p in params):
+        pres = torch.tensor([p.presence_penalty for p in params], dtype=dtype, device=dev).unsqueeze(1)
+        logits = logits - pres * (counts > 0).to(dtype)
+    return logits
+
+
+def _token_counts(token_lists: list[list[int]], vocab: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """[R, vocab] tensor: how often each token id occurs in token_lists[r] (ids >= vocab are ignored)."""
+    counts = torch.zeros((len(token_lists), vocab + 1), dtype=dtype, device=device)
+    flat = torch.tensor(list(itertools.chain.from_iterable(token_lists)), dtype=torch.long)
+    if flat.numel():
+        rows = torch.repeat_interleave(torch.arange(len(token_lists)), torch.tensor([len(t) for t in token_lists]))
+        flat.clamp_(max=vocab)  # out-of-range ids land in the spare column
+        counts.index_put_(
+            (rows.to(device), flat.to(device)), torch.ones((), dtype=dtype, device=device), accumulate=True
+        )
+    return counts[:, :vocab]
+
+
+def _logprob_dicts(raw: torch.Tensor, tokens: torch.Tensor, num_top: list[int]) -> list[dict[int, Logprob]]:
+    """raw: [R, V] unprocessed logits, tokens: [R] sampled ids, num_top[r]: top-n asked for by row r."""
+    logprobs = raw.log_softmax(dim=-1)
+    sampled = logprobs.gather(1, tokens.unsqueeze(1))
+    ranks = ((logprobs > sampled).sum(dim=-1) + 1).tolist()
+    sampled = sampled.squeeze(1).tolist()
+    max_top = max(num_top)
+    top_vals, top_ids = logprobs.topk(max_top, dim=-1) if max_top else (None, None)
+    top_vals = top_vals.tolist() if max_top else None
+    top_ids = top_ids.tolist() if max_top else None
+    out = []
+    for r, (token, n) in enumerate(zip(tokens.tolist(), num_top)):
+        d = {token: Logprob(sampled[r], ranks[r])}
+        for j in range(n):  # a sampled token inside the top-n takes its top-n rank
+            d[top_ids[r][j]] = Logprob(top_vals[r][j], j + 1)
+        out.append(d)
+    return out
