@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence as Seq
-from typing import Any
 
 from tideflow.config import engine_config
 from tideflow.outputs import RequestOutput
+from tideflow.runtime.engine.prompt_processor import PromptType, normalize
 from tideflow.sampling_params import SamplingParams
-
-# "text" | {"prompt": "text"} | {"prompt_token_ids": [...]}; a dict may add
-# "multi_modal_data": {"image": [PIL images or encoded bytes]} for a multimodal model
-PromptType = str | dict[str, Any]
 
 
 class LLM:
@@ -29,9 +25,14 @@ class LLM:
         max_model_len, block_size, num_kv_blocks, kv_cache_memory_bytes,
         enable_prefix_caching, enable_chunked_prefill, max_num_seqs, max_num_batched_tokens,
         kernel_backend, model_impl, device, trust_remote_code (see `tideflow.config.engine_config`)."""
+        from tideflow.models.image_spec import ImagePromptSpec
         from tideflow.runtime.engine.engine import Engine
+        from tideflow.runtime.engine.prompt_processor import PromptProcessor
 
-        self.engine = Engine(engine_config(model, **engine_options))
+        self.engine = engine = Engine(engine_config(model, **engine_options))
+        self.prompts = PromptProcessor(  # the prompt front door: templates and tokenizes each prompt once
+            engine.tokenizer, engine.vocab_size, engine.max_model_len, ImagePromptSpec.from_config(engine.hf_config)
+        )
         self._ids = itertools.count()
 
     def get_tokenizer(self):
@@ -47,19 +48,15 @@ class LLM:
     ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in the order of the prompts.
         Every prompt is validated before any is queued, so a bad one leaves the engine untouched."""
-        if isinstance(prompts, (str, dict)):
-            prompts = [prompts]
-        prompts = list(prompts)
-        params = self._params_per_prompt(sampling_params, len(prompts))
-        encoded = [self._encode(p) for p in prompts]
-        images = [_images(p) for p in prompts]
-        for (text, ids), imgs, sp in zip(encoded, images, params):
-            self.engine.check_request(ids, sp, images=imgs)
+        prompts, params = normalize(prompts, sampling_params)
+        processed = [self.prompts.process(p) for p in prompts]
+        for p, sp in zip(processed, params):
+            self.engine.check_request(p.token_ids, sp, images=p.images)
         request_ids = []
         try:
-            for (text, ids), imgs, sp in zip(encoded, images, params):
+            for p, sp in zip(processed, params):
                 rid = str(next(self._ids))
-                self.engine.add_request(rid, ids, sp, prompt=text, images=imgs)
+                self.engine.add_request(rid, p.token_ids, sp, prompt=p.text, images=p.images)
                 request_ids.append(rid)
         except ValueError:
             for rid in request_ids:
@@ -79,13 +76,12 @@ class LLM:
     ) -> list[RequestOutput]:
         """Apply the tokenizer's chat template to one conversation or a list of them, then generate."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        tok = self.engine.tokenizer
         prompts = []
         for conv in conversations:
-            text = tok.apply_chat_template(
-                conv, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+            text, ids = self.prompts.encode_chat(
+                conv, add_generation_prompt=add_generation_prompt, chat_template=chat_template
             )
-            prompts.append({"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)})
+            prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -107,39 +103,3 @@ class LLM:
                 raise RuntimeError(f"engine stopped with {len(pending)} unfinished requests")
         if bar is not None:
             bar.close()
-
-    @staticmethod
-    def _params_per_prompt(sampling_params, n: int) -> list[SamplingParams]:
-        if sampling_params is None:
-            return [SamplingParams()] * n
-        if isinstance(sampling_params, SamplingParams):
-            return [sampling_params] * n
-        params = list(sampling_params)
-        if len(params) != n:
-            raise ValueError(f"sampling_params: got {len(params)} for {n} prompts")
-        return params
-
-    def _encode(self, prompt: PromptType) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("prompt: the prompt is empty")
-            return prompt, self.engine.tokenizer.encode(prompt)
-        if isinstance(prompt, dict):
-            if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
-            if "prompt" in prompt:
-                return self._encode(prompt["prompt"])
-        raise ValueError(f"prompt: expected a string or a dict with 'prompt' or 'prompt_token_ids', got {type(prompt).__name__}")
-
-
-def _images(prompt: PromptType) -> list | None:
-    """The images of a prompt (`{"multi_modal_data": {"image": [...]}}`), or None."""
-    data = prompt.get("multi_modal_data") if isinstance(prompt, dict) else None
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        raise ValueError(f"multi_modal_data: expected a dict such as {{'image': [...]}}, got {type(data).__name__}")
-    unknown = sorted(set(data) - {"image"})
-    if unknown:
-        raise ValueError(f"multi_modal_data: only 'image' is supported, got {unknown}")
-    return data.get("image")

@@ -1,4 +1,6 @@
-"""The Tokenizer role: request rows (text, chat messages or token ids) -> token ids."""
+"""The Tokenizer role: request rows (text, chat messages or token ids) -> token ids, through the
+prompt front door (`PromptProcessor`). Rows that arrive with token ids (the server tokenized
+them already) pass through untouched."""
 
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ class Tokenizer(StageRole):
 
     def __init__(self, context: StageContext):
         super().__init__(context)
-        from tideflow.models import load_tokenizer
+        from tideflow.runtime.engine.prompt_processor import PromptProcessor
 
         opts = context.options
-        self.tokenizer = load_tokenizer(opts.get("tokenizer") or opts["model"], opts.get("trust_remote_code", False))
+        self.prompts = PromptProcessor.load(
+            opts["model"], tokenizer=opts.get("tokenizer"), max_model_len=opts.get("max_model_len"),
+            trust_remote_code=opts.get("trust_remote_code", False),
+        )
         self.pending: list[dict] = []
 
     def push(self, batch: pa.RecordBatch, attachments=None) -> None:
@@ -37,12 +42,9 @@ class Tokenizer(StageRole):
         if row["prompt_token_ids"] is not None:
             return row["prompt"], row["prompt_token_ids"]
         if row["messages"] is not None:
-            messages = json.loads(row["messages"])
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return text, self.tokenizer.encode(text, add_special_tokens=False)
-        if row["prompt"]:
-            return row["prompt"], self.tokenizer.encode(row["prompt"])
-        raise ValueError("prompt: the prompt is empty")
+            return self.prompts.encode_chat(json.loads(row["messages"]))
+        prompt = self.prompts.process(row["prompt"] or "")
+        return prompt.text, prompt.token_ids
 
     def poll(self) -> list[Emission]:
         if not self.pending:

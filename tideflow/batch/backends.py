@@ -1,6 +1,6 @@
 """What generates inside a batch actor: an in-process `LLM`, or a deployed graph.
 
-Both answer the same three questions: the tokenizer (prompts are tokenized in the actor),
+Both answer the same three questions: the prompt front door (prompts are tokenized in the actor),
 whether one row's prompt can run (`check`, an error message or None) and `generate` over the
 rows that can, outputs in row order.
 """
@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Protocol
 
 from tideflow.outputs import RequestOutput
+from tideflow.runtime.engine.prompt_processor import PromptProcessor
 from tideflow.sampling_params import SamplingParams
 
 
 class Backend(Protocol):
-    tokenizer: object
+    prompts: PromptProcessor  # the prompt front door: tokenizer, chat template, checks
 
     def check(self, token_ids: list[int], params: SamplingParams) -> str | None:
         """Why this prompt can never run (an error message naming the field), or None."""
@@ -35,7 +36,7 @@ class EngineBackend:
         from tideflow.llm import LLM
 
         self.llm = LLM(model, **engine_options)
-        self.tokenizer = self.llm.get_tokenizer()
+        self.prompts = self.llm.prompts
         self.loop = EngineLoop(self.llm.engine)
 
     def check(self, token_ids: list[int], params: SamplingParams) -> str | None:
@@ -61,19 +62,15 @@ class GraphBackend:
     inside the graph."""
 
     def __init__(self, handle, model: str, engine_options: dict):
-        from tideflow.serve.model_info import ModelInfo
-
         self.handle = handle  # a copy per actor: each draws request ids under its own prefix
-        self.info = ModelInfo.load(
-            model, model, tokenizer=engine_options.get("tokenizer"), max_model_len=engine_options.get("max_model_len")
+        self.prompts = PromptProcessor.load(
+            model, tokenizer=engine_options.get("tokenizer"), max_model_len=engine_options.get("max_model_len"),
+            trust_remote_code=engine_options.get("trust_remote_code", False),
         )
-        self.tokenizer = self.info.tokenizer
 
     def check(self, token_ids: list[int], params: SamplingParams) -> str | None:
-        from tideflow.runtime.engine.core.sequence import check_prompt_ids
-
         try:
-            check_prompt_ids(token_ids, self.info.vocab_size, self.info.max_model_len)
+            self.prompts.check_token_ids(token_ids)
         except ValueError as exc:
             return str(exc)
         return None

@@ -83,7 +83,7 @@ class BatchGenerator:
         if clash:
             raise ValueError(f"input: columns {clash} would be overwritten by the output; rename them")
         spec = self.spec
-        prompts = batch_prompts(batch, self.backend.tokenizer, prompt_column=spec.prompt_column,
+        prompts = batch_prompts(batch, self.backend.prompts, prompt_column=spec.prompt_column,
                                 messages_column=spec.messages_column)
         params = self._params(batch, prompts.errors)
         for row, ids in enumerate(prompts.token_ids):

@@ -2,7 +2,8 @@
 
 The prompt column holds text (`string`) or token ids (`list<int>`); the messages column holds
 chat conversations, as `list<struct<role, content>>` or as JSON text (csv). Text is tokenized
-as `LLM.generate` does; conversations get the tokenizer's chat template as `LLM.chat` does;
+as `LLM.generate` does and conversations get the chat template as `LLM.chat` does, through the
+same `PromptProcessor`;
 token id columns are unpacked from their Arrow buffers by `pack_tokens`. A row that cannot
 become a prompt (null, empty, the wrong type, a malformed conversation) gets an error naming
 the column instead; only a missing column is a ValueError, since then no row can run.
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tideflow.batch.inputs import INPUT_ERROR
+from tideflow.runtime.engine.prompt_processor import PromptProcessor
 
 
 @dataclass(slots=True)
@@ -33,7 +35,7 @@ class BatchPrompts:
         self.errors[row] = error
 
 
-def batch_prompts(batch: pa.Table, tokenizer, *, prompt_column: str | None = None,
+def batch_prompts(batch: pa.Table, prompts: PromptProcessor, *, prompt_column: str | None = None,
                   messages_column: str | None = None) -> BatchPrompts:
     """The prompts of `batch` from exactly one of `prompt_column` / `messages_column`."""
     name = prompt_column or messages_column
@@ -43,13 +45,13 @@ def batch_prompts(batch: pa.Table, tokenizer, *, prompt_column: str | None = Non
     column = batch.column(name).combine_chunks()
     if prompt_column:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            out = _text_prompts(column, name, tokenizer)
+            out = _text_prompts(column, name, prompts)
         elif _is_token_list(column.type):
             out = _token_id_prompts(column, name)
         else:
             out = _all_failed(len(column), f"{name}: expected text or a list of token ids, got {column.type}")
     else:
-        out = _chat_prompts(column, name, tokenizer)
+        out = _chat_prompts(column, name, prompts)
     if INPUT_ERROR in batch.column_names:
         for row, error in enumerate(batch.column(INPUT_ERROR).to_pylist()):
             if error is not None:
@@ -65,7 +67,7 @@ def _is_token_list(t: pa.DataType) -> bool:
     return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
 
 
-def _text_prompts(column: pa.Array, name: str, tokenizer) -> BatchPrompts:
+def _text_prompts(column: pa.Array, name: str, prompts: PromptProcessor) -> BatchPrompts:
     texts = column.to_pylist()
     out = BatchPrompts(texts, [None] * len(texts), [None] * len(texts))
     good = []
@@ -77,7 +79,7 @@ def _text_prompts(column: pa.Array, name: str, tokenizer) -> BatchPrompts:
         else:
             good.append(row)
     if good:  # one call: the fast tokenizer encodes the batch in Rust
-        encoded = tokenizer([texts[r] for r in good])["input_ids"]
+        encoded = prompts.encode_texts([texts[r] for r in good])
         for row, ids in zip(good, encoded):
             out.token_ids[row] = list(ids)
     return out
@@ -111,7 +113,7 @@ def _token_id_prompts(column: pa.Array, name: str) -> BatchPrompts:
     return out
 
 
-def _chat_prompts(column: pa.Array, name: str, tokenizer) -> BatchPrompts:
+def _chat_prompts(column: pa.Array, name: str, prompts: PromptProcessor) -> BatchPrompts:
     values = column.to_pylist()
     out = BatchPrompts([None] * len(values), [None] * len(values), [None] * len(values))
     for row, conversation in enumerate(values):
@@ -126,12 +128,9 @@ def _chat_prompts(column: pa.Array, name: str, tokenizer) -> BatchPrompts:
             out.fail(row, f"{name}: {problem}")
             continue
         try:
-            text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+            out.texts[row], out.token_ids[row] = prompts.encode_chat(conversation)
         except Exception as exc:  # noqa: BLE001 (a template may raise anything; the row records it)
             out.fail(row, f"{name}: the chat template failed: {exc}")
-            continue
-        out.texts[row] = text
-        out.token_ids[row] = tokenizer.encode(text, add_special_tokens=False)
     return out
 
 

@@ -1,8 +1,9 @@
 """`ModelInfo`: what the server needs to know about the model to validate requests before
 they reach the graph (vocabulary size, context length, the tokenizer) and to render tokens.
 
-It reads the same config.json and tokenizer the graph's stages load, so a prompt the server
-admits is one the engine accepts.
+Its `PromptProcessor` reads the same config.json and tokenizer the graph's stages load, so a
+prompt the server admits is one the engine accepts, and the server tokenizes each prompt once:
+the graph gets token ids.
 """
 
 from __future__ import annotations
@@ -10,17 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tideflow.runtime.engine.prompt_processor import PromptProcessor
+
 
 @dataclass(frozen=True)
 class ModelInfo:
     name: str  # the served model name
     path: str  # model directory (or hub id)
-    vocab_size: int  # token ids must be in [0, vocab_size)
-    max_model_len: int  # prompt + generated tokens
-    tokenizer: Any  # a transformers tokenizer
+    prompts: PromptProcessor  # the prompt front door: tokenizer, chat template, vocabulary and context checks
     created: int  # unix time the server started (the `created` of /v1/models)
-    image_token: str | None = None  # the image placeholder of a multimodal model's prompts; None: text only
-    tokens_per_image: int = 0  # prompt tokens each image expands to
     _texts: dict = field(default_factory=dict, compare=False, repr=False)  # token id -> its text
 
     @classmethod
@@ -28,35 +27,38 @@ class ModelInfo:
              trust_remote_code: bool = False) -> ModelInfo:
         import time
 
-        from transformers import AutoConfig
+        prompts = PromptProcessor.load(path, tokenizer=tokenizer, max_model_len=max_model_len,
+                                       trust_remote_code=trust_remote_code)
+        return cls(name=name, path=path, prompts=prompts, created=int(time.time()))
 
-        from tideflow.models import load_tokenizer, model_max_len
+    @property
+    def tokenizer(self) -> Any:
+        return self.prompts.tokenizer
 
-        from tideflow.models.image_spec import ImagePromptSpec
+    @property
+    def vocab_size(self) -> int:  # token ids must be in [0, vocab_size)
+        return self.prompts.vocab_size
 
-        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        vocab = getattr(hf_config, "vocab_size", None) or hf_config.get_text_config().vocab_size
-        tok = load_tokenizer(tokenizer or path, trust_remote_code)
-        spec = ImagePromptSpec.from_config(hf_config)
-        return cls(
-            name=name,
-            path=path,
-            vocab_size=int(vocab),
-            max_model_len=int(max_model_len or model_max_len(hf_config)),
-            tokenizer=tok,
-            created=int(time.time()),
-            image_token=tok.convert_ids_to_tokens(spec.image_token_id) if spec is not None else None,
-            tokens_per_image=spec.tokens_per_image if spec is not None else 0,
-        )
+    @property
+    def max_model_len(self) -> int:  # prompt + generated tokens
+        return self.prompts.max_model_len
+
+    @property
+    def image_token(self) -> str | None:  # a multimodal model's image placeholder; None: text only
+        return self.prompts.image_token
+
+    @property
+    def tokens_per_image(self) -> int:  # prompt tokens each image expands to
+        spec = self.prompts.image_spec
+        return spec.tokens_per_image if spec is not None else 0
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of a completion prompt, as the graph's tokenizer stage encodes it."""
-        return self.tokenizer.encode(text)
+        """Token ids of a completion prompt."""
+        return self.prompts.encode_text(text)
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
-        """Token ids of a conversation after the chat template (as the tokenizer stage does)."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        """Token ids of a conversation after the chat template."""
+        return self.prompts.encode_chat(messages)[1]
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)

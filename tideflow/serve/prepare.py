@@ -25,8 +25,8 @@ _INT64 = (1 << 63) - 1
 class Prepared:
     """One validated request: the graph prompts and how to sample and render them."""
 
-    prompts: list  # graph prompt per input prompt: text | {"prompt_token_ids": [...]} | {"messages": [...]}
-    # (chat with images: {"messages": [...], "multi_modal_data": {"image": [encoded bytes]}})
+    prompts: list  # graph prompt per input prompt: {"prompt_token_ids": [...], "prompt": text or absent}
+    # (chat: also "messages"; with images "multi_modal_data": {"image": [encoded bytes]})
     prompt_texts: list[str]  # the prompt's text per input prompt (for echo; "" for chat)
     num_prompt_tokens: list[int]  # per input prompt
     params: SamplingParams  # the same for every prompt
@@ -70,7 +70,7 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
     if not messages:
         raise bad_request("'messages' must not be empty", "messages")
     try:
-        ids = info.chat_ids(messages)
+        text, ids = info.prompts.encode_chat(messages)
     except Exception as exc:  # noqa: BLE001  (a template that rejects the conversation)
         raise bad_request(f"the chat template rejected the messages: {exc}", "messages") from None
     num_tokens = len(ids) + len(images) * (info.tokens_per_image - 1)  # each placeholder expands
@@ -79,7 +79,8 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
     if max_tokens is None:
         param, max_tokens = "max_tokens", req.max_tokens
     params = _sampling(req, info, [num_tokens], max_tokens, param, top, "top_logprobs", "messages")
-    prompt = {"messages": messages}
+    # templated and tokenized here, once: the graph's tokenizer stage passes the ids through
+    prompt = {"messages": messages, "prompt": text, "prompt_token_ids": ids}
     if images:
         prompt["multi_modal_data"] = {"image": images}
     return Prepared([prompt], [""], [num_tokens], params, req.stream, _include_usage(req), top,
@@ -100,7 +101,7 @@ def _completion_prompts(prompt, info: ModelInfo) -> tuple[list, list[str], list[
             ids = info.encode(p)
             if not ids:
                 raise bad_request("'prompt' encodes to no tokens", "prompt")
-            prompts.append(p)
+            prompts.append({"prompt": p, "prompt_token_ids": ids})  # tokenized once, here
             texts.append(p)
         else:
             if not p:

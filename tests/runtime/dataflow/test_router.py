@@ -1,3 +1,5 @@
+import random
+
 import pyarrow as pa
 import pytest
 
@@ -55,3 +57,26 @@ def test_split_groups_rows_by_replica():
 def test_bad_policy_is_rejected():
     with pytest.raises(ValueError, match="routing policy"):
         Router(2, "random")
+
+
+@pytest.mark.parametrize("policy", ["least_loaded", "prefix", "sticky", "image"])
+def test_split_reads_columns_and_routes_as_pick_does(policy):
+    """`split` reads the routing column from its Arrow buffers; it must send every row where
+    `pick` sends the same row as a dict, also for a sliced batch and null or empty lists."""
+    rng = random.Random(1)
+    shared = list(range(40))
+    rows = []
+    for i in range(40):
+        ids = shared[: rng.randrange(0, 40)] + [rng.randrange(100, 200) for _ in range(rng.randrange(0, 20))]
+        images = None if i % 3 == 0 else ([] if i % 3 == 1 else [bytes([i % 5]) * 7])
+        rows.append({"request_id": f"r{i}", "prompt_token_ids": ids if i % 7 else None, "images": images})
+    schema = pa.schema([("request_id", pa.string()), ("prompt_token_ids", pa.list_(pa.int32())),
+                        ("images", pa.list_(pa.binary()))])
+    batch = pa.RecordBatch.from_pylist(rows, schema=schema).slice(3, 30)
+    columnar, by_row = Router(3, policy, block_size=4), Router(3, policy, block_size=4)
+    parts = columnar.split(batch)
+    expected: dict[int, list[str]] = {}
+    for row in batch.to_pylist():
+        expected.setdefault(by_row.pick(row), []).append(row["request_id"])
+    assert {r: p.column("request_id").to_pylist() for r, p in parts.items()} == expected
+    assert columnar.loads == by_row.loads and columnar.prefix_hits == by_row.prefix_hits

@@ -4,33 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence as Seq
-from typing import Any
 
 import pyarrow as pa
 
 from tideflow.runtime.edges import schemas
+from tideflow.runtime.engine.prompt_processor import PromptType, normalize, prompt_images
 from tideflow.sampling_params import SamplingParams
 
-# "text" | {"prompt": "text"} | {"prompt_token_ids": [...]} | {"messages": [{"role", "content"}, ...]};
-# a dict may add "multi_modal_data": {"image": [PIL images or encoded bytes]}
-PromptType = str | dict[str, Any]
-
-
-def normalize(prompts: PromptType | Seq[PromptType], sampling_params) -> tuple[list[PromptType], list[SamplingParams]]:
-    """Prompts as a list and one SamplingParams per prompt (ValueError naming the field otherwise)."""
-    if isinstance(prompts, (str, dict)):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if sampling_params is None:
-        params = [SamplingParams()] * len(prompts)
-    elif isinstance(sampling_params, SamplingParams):
-        params = [sampling_params] * len(prompts)
-    else:
-        params = list(sampling_params)
-        if len(params) != len(prompts):
-            raise ValueError(f"sampling_params: got {len(params)} for {len(prompts)} prompts")
-    return prompts, params
+__all__ = ["normalize", "request_batch", "request_row"]
 
 
 def request_row(request_id: str, prompt: PromptType, params: SamplingParams) -> dict:
@@ -41,9 +22,9 @@ def request_row(request_id: str, prompt: PromptType, params: SamplingParams) -> 
         row["prompt"] = prompt.get("prompt")
         if prompt.get("prompt_token_ids") is not None:
             row["prompt_token_ids"] = [int(t) for t in prompt["prompt_token_ids"]]
-        if prompt.get("messages") is not None:
+        elif prompt.get("messages") is not None:  # ids given win: the conversation was tokenized already
             row["messages"] = json.dumps(prompt["messages"])
-        images = _images(prompt.get("multi_modal_data"))
+        images = _images(prompt)
         if images:
             row["images"] = images
         if row["prompt"] is None and "prompt_token_ids" not in row and "messages" not in row:
@@ -53,15 +34,14 @@ def request_row(request_id: str, prompt: PromptType, params: SamplingParams) -> 
     return row
 
 
-def _images(data) -> list[bytes] | None:
-    """`{"image": [PIL images or bytes]}` as encoded bytes; ValueError naming the field otherwise."""
+def _images(prompt: dict) -> list[bytes] | None:
+    """A prompt's images as encoded bytes for the `images` column."""
     from tideflow.runtime.engine.core.images import check_images, image_bytes
 
-    if data is None:
+    images = prompt_images(prompt)
+    if images is None:
         return None
-    if not isinstance(data, dict) or set(data) - {"image"}:
-        raise ValueError("multi_modal_data: expected a dict with only the key 'image'")
-    return [image_bytes(image) for image in check_images(data.get("image"))]
+    return [image_bytes(image) for image in check_images(images)]
 
 
 def request_batch(rows: list[dict]) -> pa.RecordBatch:

@@ -63,38 +63,57 @@ class Router:
         return alive or list(range(self.num_replicas))
 
     def pick(self, row: dict) -> int:
+        """The replica for one row given as a dict (the columns the policy reads)."""
         if self.num_replicas == 1:
             return 0
         if self.policy == "sticky":
-            alive = self._alive()
-            return alive[zlib.crc32(row["request_id"].encode()) % len(alive)]
+            return self._by_hash(row["request_id"].encode())
         if self.policy == "image":
-            alive = self._alive()
             images = row.get("images")
-            key = images[0] if images else row["request_id"].encode()
-            return alive[zlib.crc32(key) % len(alive)]
-        if self.policy == "prefix":
-            replica = self._by_prefix(row.get("prompt_token_ids") or [])
-        else:
-            replica = self._least_loaded()
-        self.loads[replica] += 1
-        return replica
+            return self._by_hash(images[0] if images else row["request_id"].encode())
+        return self._by_load(row.get("prompt_token_ids") or [])
 
     def split(self, batch: pa.RecordBatch) -> dict[int, pa.RecordBatch]:
-        """The batch's rows grouped by the replica each is sent to (single replica: unchanged)."""
+        """The batch's rows grouped by the replica each is sent to (single replica: unchanged).
+        Reads only the column the policy needs, straight from its Arrow buffers."""
         if self.num_replicas == 1:
             return {0: batch}
-        picks = np.array([self.pick(row) for row in batch.to_pylist()])
+        picks = np.fromiter(self._picks(batch), dtype=np.int64, count=batch.num_rows)
         return {int(r): batch.take(pa.array(np.flatnonzero(picks == r))) for r in np.unique(picks)}
+
+    def _picks(self, batch: pa.RecordBatch):
+        names = batch.schema.names
+        if self.policy == "sticky" or (self.policy == "image" and "images" not in names):
+            for rid in batch.column("request_id").to_pylist():
+                yield self._by_hash(rid.encode())
+        elif self.policy == "image":
+            ids = batch.column("request_id")
+            for i, first in enumerate(_first_values(batch.column("images"))):
+                yield self._by_hash(first if first is not None else ids[i].as_py().encode())
+        elif self.policy == "prefix" and "prompt_token_ids" in names:
+            for ids in _list_values(batch.column("prompt_token_ids")):
+                yield self._by_load(ids)
+        else:
+            for _ in range(batch.num_rows):
+                yield self._by_load(())
+
+    def _by_hash(self, key: bytes) -> int:
+        alive = self._alive()
+        return alive[zlib.crc32(key) % len(alive)]
+
+    def _by_load(self, token_ids) -> int:
+        replica = self._by_prefix(token_ids) if self.policy == "prefix" else self._least_loaded()
+        self.loads[replica] += 1
+        return replica
 
     def _least_loaded(self) -> int:
         return min(self._alive(), key=self.loads.__getitem__)
 
-    def _by_prefix(self, token_ids: list[int]) -> int:
+    def _by_prefix(self, token_ids) -> int:
         bs = self.block_size
         hashes, parent = [], b""
         for i in range(min(len(token_ids) // bs, self.max_prefix_blocks)):
-            parent = block_hash(parent, token_ids[i * bs : (i + 1) * bs])
+            parent = block_hash(parent, _as_list(token_ids[i * bs : (i + 1) * bs]))
             hashes.append(parent)
         least = self._least_loaded()
         choice = least
@@ -111,3 +130,29 @@ class Router:
         while len(self.prefix_owner) > self.max_tracked:
             self.prefix_owner.popitem(last=False)
         return choice
+
+
+def _as_list(ids) -> list[int]:
+    return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+
+
+def _list_values(column: pa.Array):
+    """Each row of a `list<int>` column as a numpy view of its values (empty for null)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy(zero_copy_only=False)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    for i in range(len(column)):
+        yield values[offsets[i] : offsets[i + 1]] if valid[i] else values[:0]
+
+
+def _first_values(column: pa.Array):
+    """Each row's first element of a `list<binary>` column as bytes (None: null or empty)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    offsets = column.offsets.to_numpy()
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    values = column.values
+    for i in range(len(column)):
+        yield values[int(offsets[i])].as_py() if valid[i] and offsets[i + 1] > offsets[i] else None
