@@ -14,7 +14,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from tideflow.outputs import RequestOutput
+from tideflow.runtime.dataflow.collector import OutputDelta
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LABELS = ["model_name"]
@@ -102,7 +102,7 @@ class ServeMetrics:
 class RequestTracker:
     """Observes one graph request's outputs as they arrive (times from `time.monotonic()`)."""
 
-    __slots__ = ("metrics", "arrival", "last", "tokens", "started")
+    __slots__ = ("metrics", "arrival", "last", "tokens", "started", "reasons")
 
     def __init__(self, metrics: ServeMetrics, arrival: float):
         self.metrics = metrics
@@ -110,14 +110,16 @@ class RequestTracker:
         self.last = arrival  # time of the latest token
         self.tokens = 0  # tokens seen over all completions
         self.started = False  # prompt counted
+        self.reasons: list[str] = []  # finish reason of each completion finished so far
 
-    def observe(self, out: RequestOutput) -> None:
+    def observe(self, delta: OutputDelta) -> None:
+        """Count what one delta of the request's output adds (its new tokens share the gap
+        since the previous delta)."""
         m, now = self.metrics, time.monotonic()
-        if not self.started and out.prompt_token_ids:
+        if not self.started and delta.prompt_token_ids:
             self.started = True
-            m.prompt_tokens.inc(len(out.prompt_token_ids))
-        tokens = sum(len(c.token_ids) for c in out.outputs)
-        new = tokens - self.tokens
+            m.prompt_tokens.inc(len(delta.prompt_token_ids))
+        new = sum(len(c.token_ids) for c in delta.completions)
         if new > 0:
             if self.tokens == 0:
                 m.ttft.observe(now - self.arrival)
@@ -127,8 +129,9 @@ class RequestTracker:
             for _ in range(new_gaps):  # tokens that arrived together share the gap
                 m.itl.observe((now - self.last) / new)
             m.generation_tokens.inc(new)
-            self.tokens, self.last = tokens, now
-        if out.finished:
+            self.tokens, self.last = self.tokens + new, now
+        self.reasons += [c.finish_reason for c in delta.completions if c.finish_reason is not None]
+        if delta.finished:
             m.e2e.observe(now - self.arrival)
-            for c in out.outputs:
-                m._success.labels(m.model_name, c.finish_reason or "unknown").inc()
+            for reason in self.reasons:
+                m._success.labels(m.model_name, reason).inc()

@@ -13,6 +13,7 @@ import time
 import uuid
 
 from tideflow.outputs import CompletionOutput, RequestOutput
+from tideflow.runtime.dataflow.collector import CompletionDelta, OutputDelta
 from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.prepare import Prepared
 
@@ -24,7 +25,10 @@ def new_id(kind: str) -> str:
 def usage(prep: Prepared, outputs: list[RequestOutput | None]) -> dict:
     prompt = sum(len(o.prompt_token_ids) if o and o.prompt_token_ids else n
                  for o, n in zip(outputs, prep.num_prompt_tokens))
-    completion = sum(len(c.token_ids) for o in outputs if o for c in o.outputs)
+    return _usage(prompt, sum(len(c.token_ids) for o in outputs if o for c in o.outputs))
+
+
+def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -37,7 +41,7 @@ def _token(info: ModelInfo, token_id: int, as_ids: bool) -> str:
     return f"token_id:{token_id}" if as_ids else info.token_text(token_id)
 
 
-def completion_logprobs(c: CompletionOutput, start: int, offset: int, top: int, info: ModelInfo, as_ids: bool) -> dict:
+def completion_logprobs(c: CompletionOutput | CompletionDelta, start: int, offset: int, top: int, info: ModelInfo, as_ids: bool) -> dict:
     """OpenAI's legacy logprobs object for tokens `start:` of a completion; text offsets
     count from `offset` (the characters of this choice sent before)."""
     tokens, token_logprobs, tops, offsets = [], [], [], []
@@ -55,7 +59,7 @@ def completion_logprobs(c: CompletionOutput, start: int, offset: int, top: int, 
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
 
 
-def chat_logprobs(c: CompletionOutput, start: int, top: int, info: ModelInfo, as_ids: bool) -> dict:
+def chat_logprobs(c: CompletionOutput | CompletionDelta, start: int, top: int, info: ModelInfo, as_ids: bool) -> dict:
     """The chat logprobs object (`{"content": [...]}`) for tokens `start:` of a completion."""
 
     def item(token_id: int, logprob: float) -> dict:
@@ -124,7 +128,8 @@ class Stream:
         self.object = "chat.completion.chunk" if kind == "chat" else "text_completion"
         self.sent: dict[int, tuple[int, int]] = {}  # choice index -> (characters, tokens) of the completion sent
         self.done: set[int] = set()  # choice indices whose finish_reason was sent
-        self.last: list[RequestOutput | None] = [None] * len(prep.prompts)  # latest output per prompt
+        self.prompt_tokens = list(prep.num_prompt_tokens)  # per prompt, as the graph counted them once known
+        self.completion_tokens = 0  # over every choice
 
     def _chunk(self, choices: list[dict], usage_: dict | None = None) -> dict:
         chunk = {"id": self.id, "object": self.object, "created": self.created, "model": self.info.name,
@@ -147,34 +152,36 @@ class Stream:
             return [self._chunk(choices)]
         return []
 
-    def update(self, prompt_index: int, out: RequestOutput) -> list[dict]:
-        """Chunks for what `out` (the latest output of prompt `prompt_index`) adds."""
-        self.last[prompt_index] = out
+    def update(self, prompt_index: int, delta: OutputDelta) -> list[dict]:
+        """Chunks for what prompt `prompt_index`'s output gained (the collector's delta, as it
+        came: its new text, tokens and logprobs are what the chunks carry)."""
+        if delta.prompt_token_ids:
+            self.prompt_tokens[prompt_index] = len(delta.prompt_token_ids)
         prep, n = self.prep, self.prep.params.n
         base = len(prep.prompt_texts[prompt_index]) if prep.echo else 0  # echoed characters before the text
         choices = []
-        for c in out.outputs:
+        for c in delta.completions:
             index = prompt_index * n + c.index
             if index in self.done:
                 continue
             chars, toks = self.sent.get(index, (0, 0))
-            text = c.text[chars:]
-            if not text and len(c.token_ids) <= toks and c.finish_reason is None:
+            if not c.text and not c.token_ids and c.finish_reason is None:
                 continue
             logprobs, top, as_ids = None, prep.top_logprobs, prep.tokens_as_ids
             if top is not None and self.kind == "chat":
-                logprobs = chat_logprobs(c, toks, top, self.info, as_ids)
+                logprobs = chat_logprobs(c, 0, top, self.info, as_ids)
             elif top is not None:
-                logprobs = completion_logprobs(c, toks, base + chars, top, self.info, as_ids)
+                logprobs = completion_logprobs(c, 0, base + chars, top, self.info, as_ids)
             choice = {"index": index, "logprobs": logprobs, "finish_reason": c.finish_reason}
             if self.kind == "chat":
-                choice["delta"] = {"content": text} if text or c.finish_reason is None else {}
+                choice["delta"] = {"content": c.text} if c.text or c.finish_reason is None else {}
             else:
-                choice["text"] = text
+                choice["text"] = c.text
             if c.finish_reason is not None:
                 choice["stop_reason"] = c.stop_reason
                 self.done.add(index)
-            self.sent[index] = (len(c.text), len(c.token_ids))
+            self.sent[index] = (chars + len(c.text), toks + len(c.token_ids))
+            self.completion_tokens += len(c.token_ids)
             choices.append(choice)
         return [self._chunk(choices)] if choices else []
 
@@ -182,4 +189,4 @@ class Stream:
         """The usage chunk, when the client asked for it."""
         if not self.prep.include_usage:
             return []
-        return [self._chunk([], usage(self.prep, self.last))]
+        return [self._chunk([], _usage(sum(self.prompt_tokens), self.completion_tokens))]

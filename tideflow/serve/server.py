@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from tideflow.outputs import RequestOutput
+from tideflow.runtime.dataflow.collector import OutputDelta, empty_output
 from tideflow.serve.admission import ARRIVAL, QUEUED, Admission, AdmissionMiddleware
 from tideflow.serve.config import ServeConfig
 from tideflow.serve.errors import (
@@ -103,8 +104,10 @@ class OpenAIServer:
                                      headers={"Cache-Control": "no-cache"})
         outputs: list[RequestOutput | None] = [None] * len(prep.prompts)
         try:
-            async for p, out in self._outputs(prep, arrival):
-                outputs[p] = out
+            async for p, delta in self._outputs(prep, arrival):
+                if outputs[p] is None:
+                    outputs[p] = empty_output(delta.request_id, None, prep.params.n)
+                delta.apply_to(outputs[p])
         except Exception as exc:  # noqa: BLE001  (admitted requests fail only on the server's side)
             raise await self._failure(exc) from None
         render = chat_response if kind == "chat" else completion_response
@@ -115,8 +118,8 @@ class OpenAIServer:
         for chunk in stream.opening():
             yield _event(chunk)
         try:
-            async for p, out in self._outputs(prep, arrival):
-                for chunk in stream.update(p, out):
+            async for p, delta in self._outputs(prep, arrival):
+                for chunk in stream.update(p, delta):
                     yield _event(chunk)
         except Exception as exc:  # noqa: BLE001  (the stream ends with an explicit error event, as vLLM's)
             yield (await self._failure(exc)).sse()
@@ -126,20 +129,21 @@ class OpenAIServer:
             yield _event(chunk)
         yield _DONE
 
-    async def _outputs(self, prep: Prepared, arrival: float) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """(prompt index, its latest output) as the outputs of every prompt grow; raises the
-        first failure. Leaving early (an error, a cancelled client) aborts what still runs."""
+    async def _outputs(self, prep: Prepared, arrival: float) -> AsyncIterator[tuple[int, OutputDelta]]:
+        """(prompt index, what its output gained) as the outputs of every prompt grow, the
+        collector's deltas as they come; raises the first failure. Leaving early (an error, a
+        cancelled client) aborts what still runs."""
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(p: int) -> None:
             tracker = self.metrics.tracker(arrival)
             try:
-                async with aclosing(self.handle.submit(prep.prompts[p], prep.params)) as outputs:
-                    async for out in outputs:
-                        tracker.observe(out)
-                        if any(c.finish_reason == "abort" for c in out.outputs):  # not asked for by this client
+                async with aclosing(self.handle.submit_deltas(prep.prompts[p], prep.params)) as deltas:
+                    async for delta in deltas:
+                        tracker.observe(delta)
+                        if any(c.finish_reason == "abort" for c in delta.completions):  # not asked for by this client
                             raise RuntimeError("the graph aborted the request")
-                        queue.put_nowait((p, out, None))
+                        queue.put_nowait((p, delta, None))
             except Exception as exc:  # noqa: BLE001  (handed to the consumer)
                 queue.put_nowait((p, None, exc))
             else:

@@ -43,8 +43,9 @@ class OutputDelta:
     changed, and the prompt ids and metrics only when they are new, so a stream of deltas
     costs as much as the output itself."""
 
+    request_id: str
     finished: bool
-    completions: list[CompletionDelta]
+    completions: list[CompletionDelta]  # only the completions that changed
     prompt_token_ids: list[int] | None = None  # sent once, when first known
     metrics: dict[str, float] | None = None  # all of them, whenever one was added or changed
 
@@ -191,7 +192,7 @@ class OutputCollector:
         if p.error is not None:
             raise RequestError(f"request {request_id}: {p.error}")
         out = p.output
-        delta = OutputDelta(out.finished, [d for c, s in zip(out.outputs, p.sent) if (d := _take(c, s)) is not None])
+        delta = OutputDelta(request_id, out.finished, [d for c, s in zip(out.outputs, p.sent) if (d := _take(c, s)) is not None])
         if out.prompt_token_ids and not p.prompt_sent:
             delta.prompt_token_ids, p.prompt_sent = out.prompt_token_ids, True
         if out.metrics != p.metrics_sent:

@@ -12,11 +12,12 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from tideflow.runtime.dataflow.role import StageContext, role_target
 from tideflow.runtime.dataflow.router import Router
 from tideflow.outputs import RequestOutput
-from tideflow.runtime.dataflow.collector import RequestError, copy_output, empty_output
+from tideflow.runtime.dataflow.collector import OutputDelta, RequestError, copy_output, empty_output
 from tideflow.runtime.dataflow.ingress import normalize, request_batch, request_row
 from tideflow.runtime.parallel.placement import release, replica_placement
 
@@ -242,28 +243,44 @@ class GraphHandle:
 
     async def submit(self, prompt, sampling_params=None) -> AsyncIterator[RequestOutput]:
         """Stream one request: yields its cumulative output (a fresh copy) each time it grows;
-        the last one is finished. The collector sends only what is new (`OutputDelta`), so
-        what crosses Ray per step does not grow with the output. Closing the iterator early
-        aborts the request."""
+        the last one is finished. Closing the iterator early aborts the request."""
+        (prompt,), (params,) = normalize(prompt, sampling_params)
+        text = prompt if isinstance(prompt, str) else prompt.get("prompt")
+        out = None
+        async with aclosing(self.submit_deltas(prompt, params)) as deltas:
+            async for delta in deltas:
+                if out is None:
+                    out = empty_output(delta.request_id, text, params.n)
+                delta.apply_to(out)
+                yield copy_output(out)
+
+    async def submit_deltas(self, prompt, sampling_params=None) -> AsyncIterator[OutputDelta]:
+        """Stream one request as what is new each time it grows (`OutputDelta`: new tokens,
+        text and logprobs per completion), as the collector sends it: nothing cumulative is
+        rebuilt on the way to a client (the server writes SSE chunks straight from these).
+        The last delta is `finished`. Closing the iterator early aborts the request."""
         (prompt,), (params,) = normalize(prompt, sampling_params)
         (rid,) = self._new_ids(1)
         row = request_row(rid, prompt, params)
         await self.collector.register.remote([(rid, row.get("prompt"), params.n)])
         await asyncio.gather(*self._ingest_refs([row]))
-        out = empty_output(rid, row.get("prompt"), params.n)
+        log = None if self._request_log is None else empty_output(rid, row.get("prompt"), params.n)
+        finished = False
         try:
-            while not out.finished:
+            while not finished:
                 delta = await self.collector.next.remote(rid)
                 if delta is None:  # cancelled meanwhile (abort from elsewhere)
                     return
                 if isinstance(delta, str):
                     raise RequestError(delta)
-                delta.apply_to(out)
-                if out.finished and self._request_log is not None:
-                    self._request_log.append([row], [out])
-                yield copy_output(out)
+                finished = delta.finished
+                if log is not None:
+                    delta.apply_to(log)
+                    if finished:
+                        self._request_log.append([row], [log])
+                yield delta
         finally:
-            if not out.finished:
+            if not finished:
                 self.abort(rid)
 
     def abort(self, request_id: str) -> None:
