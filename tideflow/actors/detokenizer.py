@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from tideflow.runtime.dataflow.role import AbortUpstream, Emission, StageContext, StageRole
+from tideflow.runtime.edges.error_rows import error_row
 from tideflow.runtime.edges.rows import to_batch
 from tideflow.runtime.edges import schemas
 from tideflow.runtime.engine.detokenizer import Detokenizer as IncrementalDetokenizer
@@ -43,47 +45,66 @@ class Detokenizer(StageRole):
         self.detok = IncrementalDetokenizer(tokenizer)
         self.live: dict[tuple[str, int], _Completion] = {}
         self.finished: dict[tuple[str, int], None] = {}  # insertion-ordered, bounded
-        self.rows: list[dict] = []
+        self.pending: list[pa.RecordBatch] = []  # OUTPUTS batches to send
+        self.errors: list[dict] = []  # OUTPUTS rows of failed requests to send
         self.aborts: dict[int, list[tuple[str, int]]] = {}  # producer replica -> completions to stop
 
     def push(self, batch: pa.RecordBatch, attachments=None) -> None:
-        for row in batch.to_pylist():
-            key = (row["request_id"], row["index"])
-            if row["error"]:
-                self._emit_error(row)
+        """Reads the batch by column. The rows it keeps go out with their request id, index,
+        seq, prompt ids, logprobs and (unless a stop string cut them) token ids taken from the
+        input's Arrow buffers; only the text and the finish columns are built here."""
+        n = batch.num_rows
+        rids = batch.column("request_id").to_pylist()
+        indices = batch.column("index").to_numpy(zero_copy_only=False)
+        seqnos = batch.column("seq").to_numpy(zero_copy_only=False)
+        errors = batch.column("error")
+        errors = errors.to_pylist() if errors.null_count < n else None
+        tokens = batch.column("new_token_ids")
+        offsets, values = tokens.offsets.to_numpy(), tokens.values.to_numpy(zero_copy_only=False)
+        fields = _RowFields(batch)
+        keep: list[int] = []
+        out = _OutColumns()
+        for i in range(n):
+            key = (rids[i], int(indices[i]))
+            if errors is not None and errors[i]:
+                self.errors.append(error_row(schemas.OUTPUTS, rids[i], errors[i], index=key[1], seq=int(seqnos[i])))
                 continue
             if key in self.finished:
                 continue  # a late or replayed row of a finished completion
             comp = self.live.get(key)
             if comp is None:
-                if row["seq"] != 0:
+                if seqnos[i] != 0:
                     continue
-                prompt = row["prompt_token_ids"]
-                params = schemas.row_to_params(row["sampling"])
-                comp = _Completion(Sequence(key[0], key[1], list(prompt), len(prompt), params, max_tokens=1 << 30))
+                prompt = fields.prompt(i)
+                params = schemas.row_to_params(fields.sampling(i))
+                comp = _Completion(Sequence(key[0], key[1], prompt, len(prompt), params, max_tokens=1 << 30))
                 self.live[key] = comp
-            if row["seq"] < comp.next_seq:
+            if seqnos[i] < comp.next_seq:
                 continue  # duplicate
-            comp.next_seq = row["seq"] + 1
-            self._apply(comp, row)
+            comp.next_seq = int(seqnos[i]) + 1
+            keep.append(i)
+            self._apply(comp, values[offsets[i] : offsets[i + 1]].tolist(), fields, i, out)
+        if keep:
+            self.pending.append(out.batch(batch, keep))
 
-    def _apply(self, comp: _Completion, row: dict) -> None:
+    def _apply(self, comp: _Completion, new_ids: list[int], fields: _RowFields, i: int, out: _OutColumns) -> None:
         seq = comp.seq
-        new_ids, stop = [], None
-        for token in row["new_token_ids"]:
+        stop, applied = None, 0
+        for token in new_ids:
             seq.token_ids.append(token)
-            new_ids.append(token)
+            applied += 1
             stop = self.detok.update(seq)
             if stop is not None:
                 break
-        finished = row["finished"] or stop is not None
+        row_finished = bool(fields.finished[i])
+        finished = row_finished or stop is not None
         stop_token = None
         if stop is not None:
             reason, stop_reason = "stop", stop
-            if not row["finished"]:
-                self.aborts.setdefault(row["producer"], []).append((seq.request_id, seq.index))
+            if not row_finished:
+                self.aborts.setdefault(fields.producer(i), []).append((seq.request_id, seq.index))
         else:
-            reason, stop_reason, stop_token = row["finish_reason"], row["stop_reason"], row["stop_token_id"]
+            reason, stop_reason, stop_token = fields.finish_reason[i], fields.stop_reason[i], fields.stop_token_id[i]
             if finished:
                 self.detok.flush(seq)
         end = len(seq.output_text)
@@ -91,21 +112,7 @@ class Detokenizer(StageRole):
             end -= max(len(s) for s in seq.params.stop) - 1
         text = seq.output_text[comp.sent_chars : end] if end > comp.sent_chars else ""
         comp.sent_chars = max(comp.sent_chars, end)
-        self.rows.append(
-            {
-                "request_id": seq.request_id,
-                "index": seq.index,
-                "seq": row["seq"],
-                "new_token_ids": new_ids,
-                "text": text,
-                "logprobs": row["logprobs"],
-                "finished": finished,
-                "finish_reason": reason if finished else None,
-                "stop_reason": stop_reason if finished else None,
-                "stop_token_id": stop_token if finished else None,
-                "prompt_token_ids": row["prompt_token_ids"] if row["seq"] == 0 else None,
-            }
-        )
+        out.add(text, finished, reason, stop_reason, stop_token, new_ids[:applied] if applied < len(new_ids) else None)
         if finished:
             key = (seq.request_id, seq.index)
             del self.live[key]
@@ -113,22 +120,18 @@ class Detokenizer(StageRole):
             if len(self.finished) > _FINISHED_MEMORY:
                 self.finished.pop(next(iter(self.finished)))
 
-    def _emit_error(self, row: dict) -> None:
-        self.rows.append(
-            {"request_id": row["request_id"], "index": row["index"], "seq": row["seq"], "new_token_ids": [],
-             "text": "", "finished": True, "finish_reason": "error", "error": row["error"]}
-        )
-
     def poll(self) -> list:
         out: list = [AbortUpstream(producer, targets) for producer, targets in self.aborts.items()]
         self.aborts = {}
-        if self.rows:
-            out.append(Emission(to_batch(self.rows, self.produces)))
-            self.rows = []
+        if self.errors:
+            out.append(Emission(to_batch(self.errors, self.produces)))
+            self.errors = []
+        out += [Emission(b) for b in self.pending]
+        self.pending = []
         return out
 
     def has_work(self) -> bool:
-        return bool(self.rows) or bool(self.aborts)
+        return bool(self.pending) or bool(self.errors) or bool(self.aborts)
 
     def load(self) -> int:
         return len(self.live)
@@ -152,7 +155,7 @@ class Detokenizer(StageRole):
         return {
             "live": live,
             "finished": [list(k) for k in self.finished],
-            "rows": list(self.rows),
+            "rows": [r for b in self.pending for r in b.to_pylist()] + list(self.errors),
             "aborts": [[p, [list(t) for t in targets]] for p, targets in self.aborts.items()],
         }
 
@@ -163,5 +166,66 @@ class Detokenizer(StageRole):
             seq.output_text, seq.prefix_offset, seq.read_offset = c["output_text"], c["prefix_offset"], c["read_offset"]
             self.live[(c["request_id"], c["index"])] = _Completion(seq, c["next_seq"], c["sent_chars"])
         self.finished = {tuple(k): None for k in state["finished"]}
-        self.rows = list(state["rows"])
+        self.pending = [to_batch(state["rows"], self.produces)] if state["rows"] else []
         self.aborts = {p: [tuple(t) for t in targets] for p, targets in state["aborts"]}
+
+
+class _RowFields:
+    """The TOKENS columns the detokenizer reads per row, read once per batch."""
+
+    def __init__(self, batch: pa.RecordBatch):
+        self.batch = batch
+        self.finished = batch.column("finished").to_numpy(zero_copy_only=False)
+        self.finish_reason = batch.column("finish_reason").to_pylist()
+        self.stop_reason = batch.column("stop_reason").to_pylist()
+        self.stop_token_id = batch.column("stop_token_id").to_pylist()
+        self._producer = batch.column("producer")
+
+    def prompt(self, i: int) -> list[int]:
+        return self.batch.column("prompt_token_ids")[i].as_py() or []
+
+    def sampling(self, i: int) -> dict:
+        return self.batch.column("sampling")[i].as_py()
+
+    def producer(self, i: int) -> int:
+        return self._producer[i].as_py()
+
+
+class _OutColumns:
+    """The OUTPUTS columns the detokenizer makes (text, finish state, token ids cut by a stop
+    string); the rest are taken from the input batch."""
+
+    def __init__(self):
+        self.text: list[str] = []
+        self.finished: list[bool] = []
+        self.finish_reason: list[str | None] = []
+        self.stop_reason: list[str | None] = []
+        self.stop_token_id: list[int | None] = []
+        self.cut: dict[int, list[int]] = {}  # kept row -> its token ids when a stop string cut them
+
+    def add(self, text: str, finished: bool, reason, stop_reason, stop_token, cut: list[int] | None) -> None:
+        if cut is not None:
+            self.cut[len(self.text)] = cut
+        self.text.append(text)
+        self.finished.append(finished)
+        self.finish_reason.append(reason if finished else None)
+        self.stop_reason.append(stop_reason if finished else None)
+        self.stop_token_id.append(stop_token if finished else None)
+
+    def batch(self, source: pa.RecordBatch, keep: list[int]) -> pa.RecordBatch:
+        taken = source.take(pa.array(keep, pa.int64()))
+        tokens = taken.column("new_token_ids")
+        if self.cut:
+            tokens = pa.array([self.cut.get(k, v) for k, v in enumerate(tokens.to_pylist())], pa.list_(pa.int32()))
+        seq = taken.column("seq")
+        prompts = pa.compute.if_else(pa.compute.equal(seq, 0), taken.column("prompt_token_ids"),
+                                     pa.nulls(len(keep), pa.list_(pa.int32())))
+        columns = {
+            "request_id": taken.column("request_id"), "index": taken.column("index"), "seq": seq,
+            "new_token_ids": tokens, "text": pa.array(self.text, pa.string()), "logprobs": taken.column("logprobs"),
+            "finished": pa.array(self.finished, pa.bool_()), "finish_reason": pa.array(self.finish_reason, pa.string()),
+            "stop_reason": pa.array(self.stop_reason, pa.string()),
+            "stop_token_id": pa.array(self.stop_token_id, pa.int32()), "prompt_token_ids": prompts,
+            "error": pa.nulls(len(keep), pa.string()),
+        }
+        return pa.RecordBatch.from_arrays([columns[f.name] for f in schemas.OUTPUTS], schema=schemas.OUTPUTS)

@@ -12,7 +12,7 @@ class SlowDetokenizer(Detokenizer):
     must push back on the engine upstream."""
 
     def accepting(self) -> bool:
-        return not self.rows  # one batch at a time
+        return not self.has_work()  # one batch at a time
 
     def poll(self):
         out = super().poll()

@@ -117,47 +117,49 @@ class OutputCollector:
         self.pending[request_id] = _Pending(out, [0] * n, [_Sent() for _ in range(n)])
 
     def add(self, batch: pa.RecordBatch) -> set[str]:
-        """Apply output rows; returns the request ids that changed."""
+        """Apply output rows; returns the request ids that changed. Reads the batch by column:
+        the token ids come out of their Arrow buffers as one numpy array."""
         changed = set()
-        now = time.time()  # wall clock: first_token_time / finished_time in metrics
-        for row in batch.to_pylist():
-            p = self.pending.get(row["request_id"])
+        now = time.time()  # wall clock, as every request metric: first_token_time / finished_time
+        cols = _Columns(batch)
+        for i, rid in enumerate(cols.request_id):
+            p = self.pending.get(rid)
             if p is None:
                 continue  # unknown or already collected
-            if row["finish_reason"] == "error":
-                self._fail(p, row["error"] or "request failed")
-                changed.add(row["request_id"])
+            if cols.finish_reason[i] == "error":
+                self._fail(p, cols.error[i] or "request failed")
+                changed.add(rid)
                 continue
-            i = row["index"]
-            if row["seq"] != p.next_seq[i]:
+            index = int(cols.index[i])
+            if cols.seq[i] != p.next_seq[index]:
                 continue  # duplicate (or, never expected, out of order)
-            p.next_seq[i] += 1
-            self._apply_row(p.output, row, now)
+            p.next_seq[index] += 1
+            self._apply_row(p.output, cols, i, index, now)
             p.dirty = True
-            changed.add(row["request_id"])
+            changed.add(rid)
         return changed
 
     @staticmethod
-    def _apply_row(out: RequestOutput, row: dict, now: float) -> None:
-        """Grow `out` by one row whose `seq` was just found to be the next expected."""
-        c = out.outputs[row["index"]]
-        if row["prompt_token_ids"] is not None and not out.prompt_token_ids:
-            out.prompt_token_ids = row["prompt_token_ids"]
-        c.token_ids.extend(row["new_token_ids"])
-        if row["new_token_ids"]:
+    def _apply_row(out: RequestOutput, cols: _Columns, i: int, index: int, now: float) -> None:
+        """Grow `out` by row `i`, whose `seq` was just found to be the next expected."""
+        c = out.outputs[index]
+        if not out.prompt_token_ids and cols.has_prompt(i):
+            out.prompt_token_ids = cols.prompt(i)
+        new = cols.tokens(i)
+        c.token_ids.extend(new)
+        if new:
             out.metrics.setdefault("first_token_time", now)
-        c.text += row["text"] or ""
-        logprobs = decode_logprobs(row["logprobs"])
+        c.text += cols.text[i] or ""
+        logprobs = decode_logprobs(cols.logprobs[i].as_py()) if cols.logprobs is not None else None
         if logprobs is not None:
             if c.logprobs is None:
                 c.logprobs = []
             c.logprobs.extend(logprobs)
-            c.cumulative_logprob = (c.cumulative_logprob or 0.0) + sum(
-                e[t].logprob for e, t in zip(logprobs, row["new_token_ids"])
-            )
-        if row["finished"]:
-            c.finish_reason = row["finish_reason"]
-            c.stop_reason = row["stop_reason"] if row["stop_token_id"] is None else row["stop_token_id"]
+            c.cumulative_logprob = (c.cumulative_logprob or 0.0) + sum(e[t].logprob for e, t in zip(logprobs, new))
+        if cols.finished[i]:
+            c.finish_reason = cols.finish_reason[i]
+            stop_token = cols.stop_token_id[i]
+            c.stop_reason = cols.stop_reason[i] if stop_token is None else stop_token
             out.finished = all(x.finish_reason is not None for x in out.outputs)
             if out.finished:
                 out.metrics["finished_time"] = now
@@ -223,3 +225,33 @@ def _take(c: CompletionOutput, sent: _Sent) -> CompletionDelta | None:
     sent.tokens, sent.chars, sent.logprobs = len(c.token_ids), len(c.text), len(c.logprobs or ())
     sent.finished = c.finish_reason is not None
     return delta
+
+
+class _Columns:
+    """The OUTPUTS columns of one batch as the collector reads them: small columns as Python
+    lists, token id lists as one numpy array of values with row offsets."""
+
+    def __init__(self, batch: pa.RecordBatch):
+        self.request_id = batch.column("request_id").to_pylist()
+        self.index = batch.column("index").to_numpy(zero_copy_only=False)
+        self.seq = batch.column("seq").to_numpy(zero_copy_only=False)
+        self.text = batch.column("text").to_pylist()
+        self.finished = batch.column("finished").to_numpy(zero_copy_only=False)
+        self.finish_reason = batch.column("finish_reason").to_pylist()
+        self.stop_reason = batch.column("stop_reason").to_pylist()
+        self.stop_token_id = batch.column("stop_token_id").to_pylist()
+        self.error = batch.column("error").to_pylist()
+        logprobs = batch.column("logprobs")
+        self.logprobs = None if logprobs.null_count == len(logprobs) else logprobs
+        tokens = batch.column("new_token_ids")
+        self._offsets, self._values = tokens.offsets.to_numpy(), tokens.values.to_numpy(zero_copy_only=False)
+        self._prompts = batch.column("prompt_token_ids")
+
+    def tokens(self, i: int) -> list[int]:
+        return self._values[self._offsets[i] : self._offsets[i + 1]].tolist()
+
+    def has_prompt(self, i: int) -> bool:
+        return self._prompts[i].is_valid
+
+    def prompt(self, i: int) -> list[int]:
+        return self._prompts[i].as_py()
