@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API with Ray Serve")
     serve.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
-    serve.add_argument("--graph", default="colocated", help="colocated | disaggregated | a graph YAML file")
+    serve.add_argument("--graph", default="colocated", help="a built-in graph (colocated | disaggregated | multimodal | moe) or a graph YAML file")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free port)")
     serve.add_argument("--replicas", type=int, default=1, help="Serve replicas, each with its own graph")

@@ -103,7 +103,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     # hot-path kernels (attention, cache writes, sampling, MoE routing): "auto" runs tideflow's
-    # kernels for the device (numba on CPU, CuPy / numba.cuda on CUDA); "torch" runs their
+    # kernels for the device (numba on CPU, numba.cuda on CUDA); "torch" runs their
     # torch references everywhere
     kernel_backend: str = "auto"
 

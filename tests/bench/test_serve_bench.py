@@ -1,5 +1,5 @@
 """`tideflow bench serve`: the metric functions on hand-built records (expected values derived
-here from BENCHMARKS.md's definitions), the arrival schedule and the SSE reader against a fake
+here from docs/benchmarks.md's definitions), the arrival schedule and the SSE reader against a fake
 server. The end-to-end run against a live server is `tests/serve/test_bench_serve_live.py`,
 on the server the serve tests share (each Serve app costs a graph deploy)."""
 

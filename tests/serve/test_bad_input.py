@@ -1,4 +1,4 @@
-"""RELIABILITY.md's bad-input matrix over raw HTTP: each mistake is a 400 (404 for an unknown
+"""docs/reliability.md's bad-input matrix over raw HTTP: each mistake is a 400 (404 for an unknown
 model) with an OpenAI error object naming the parameter; none reaches the graph, so the next
 valid greedy request gives the same output as before, and the replica stays healthy."""
 

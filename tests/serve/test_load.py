@@ -1,7 +1,7 @@
 """A small dedicated server with tight bounds: overload is refused at once with 429 while the
 admitted requests complete; then a killed stage actor turns /health to 503, requests fail
 fast with 503, and Serve's health checks replace the replica with a fresh graph
-(RELIABILITY.md fault 7; this server is deleted right after)."""
+(docs/reliability.md fault 7; this server is deleted right after)."""
 
 from __future__ import annotations
 

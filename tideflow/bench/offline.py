@@ -7,7 +7,7 @@ are in `tideflow.bench.systems`.
 Each system loads its model and warms up on two short requests before the timed run; one
 system runs at a time. Then, at batch 32, the tideflow engine step is compared with the model
 forward alone on the same batch (engine overhead = step - forward). Absolute numbers on a
-shared machine are noisy: read the ratios (BENCHMARKS.md).
+shared machine are noisy: read the ratios (docs/benchmarks.md).
 """
 
 from __future__ import annotations

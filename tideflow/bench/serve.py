@@ -1,7 +1,7 @@
 """Online serving benchmark: stream a seeded trace into a running OpenAI-compatible server at a
 given request rate and report TTFT, TPOT, ITL, E2EL, throughput and goodput.
 
-Metrics are those of `vllm bench serve` (BENCHMARKS.md, "Serving metrics"), so a tideflow
+Metrics are those of `vllm bench serve` (docs/benchmarks.md, "Serving metrics"), so a tideflow
 server and a vLLM server can be measured the same way. Prompts come from `workloads`
 (`mixed` or `shared-prefix`), sent as token ids to /v1/completions (exact prompt lengths) or
 as their decoded text to /v1/chat/completions; every request generates exactly its trace's

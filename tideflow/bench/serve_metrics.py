@@ -1,4 +1,4 @@
-"""Serving metrics from per-request records, as BENCHMARKS.md ("Serving metrics") defines them
+"""Serving metrics from per-request records, as docs/benchmarks.md ("Serving metrics") defines them
 (the definitions of `vllm bench serve`, so numbers compare across the two):
 
 - TTFT = first token chunk - send; E2EL = last token chunk - send;

@@ -18,11 +18,15 @@
 
 Light stages (tokenizer, detokenizer) ask for no CPU so that on a small machine the model
 stages get the cores.
+
+`BUILTIN_GRAPHS` maps each one's name to its builder; callers that take a graph by name (serve's
+`graph=` argument) look it up with `builtin_graph(name)`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 from tideflow.graphs.graph import Graph
 
@@ -156,3 +160,20 @@ def _check_moe(model: str, expert_actors, trust_remote_code: bool) -> None:
     from tideflow.models.loader import num_routed_experts
 
     check_expert_actors(expert_actors, num_routed_experts(AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)))
+
+
+# name -> builder `(model, **options) -> Graph`
+BUILTIN_GRAPHS: Mapping[str, Callable[..., Graph]] = MappingProxyType({
+    "colocated": colocated,
+    "disaggregated": disaggregated,
+    "moe": moe,
+    "multimodal": multimodal,
+})
+
+
+def builtin_graph(name: str) -> Callable[..., Graph]:
+    """The builder of the built-in graph `name`. Raises ValueError naming the known ones."""
+    try:
+        return BUILTIN_GRAPHS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown built-in graph {name!r}; known: {', '.join(BUILTIN_GRAPHS)}") from None

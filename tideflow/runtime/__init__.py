@@ -1,1 +1,2 @@
-"""The engine core (scheduler, KV blocks, model runner, sampler) and, later, the graph executor."""
+"""The runtime under the graphs and roles: engine/ (the in-process engine, torch-free core/ at its
+bottom), parallel/, edges/, recovery/ and dataflow/ (see docs/architecture.md)."""

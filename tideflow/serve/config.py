@@ -15,10 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-BUILTIN_GRAPHS = ("colocated", "disaggregated", "multimodal")
 # the integer fields and their least values
 _LOWER_BOUNDS = {"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 0, "retry_after_s": 0}
 _POSITIVE_SECONDS = ("health_check_period_s", "health_check_timeout_s")  # float fields, > 0
+
+
+def builtin_graph_names() -> tuple[str, ...]:
+    """The names `graph` may take besides a YAML path: `tideflow.graphs.BUILTIN_GRAPHS`'s."""
+    from tideflow.graphs.builtin import BUILTIN_GRAPHS
+
+    return tuple(BUILTIN_GRAPHS)
 
 
 def _engine_option_names() -> frozenset[str]:
@@ -35,7 +41,7 @@ class ServeConfig:
     # -- how the engines run --
     engine_options: Mapping[str, Any] = field(default_factory=dict)  # LLM(...) keywords: dtype, max_model_len ...
     # -- where it runs --
-    graph: str = "colocated"  # "colocated" | "disaggregated" | "multimodal" | path to a graph YAML file
+    graph: str = "colocated"  # a built-in graph's name (colocated, disaggregated, moe, multimodal) | a graph YAML path
     graph_options: Mapping[str, Any] = field(default_factory=dict)  # built-in graph keywords: replicas, prefill ...
     num_replicas: int = 1  # Serve replicas; each one deploys and owns its own graph
     # -- load, per Serve replica --
@@ -54,8 +60,8 @@ class ServeConfig:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"served_model_name must be a non-empty string, got {self.served_model_name!r}")
         graph = self.graph
-        if not isinstance(graph, str) or not (graph in BUILTIN_GRAPHS or graph.endswith((".yaml", ".yml"))):
-            raise ValueError(f"graph must be one of {BUILTIN_GRAPHS} or a .yaml file, got {self.graph!r}")
+        if not isinstance(graph, str) or not (self.graph_is_builtin or graph.endswith((".yaml", ".yml"))):
+            raise ValueError(f"graph must be one of {builtin_graph_names()} or a .yaml file, got {self.graph!r}")
         for name in ("engine_options", "graph_options"):
             value = getattr(self, name)
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
@@ -65,7 +71,7 @@ class ServeConfig:
         if unknown:
             known = sorted(_engine_option_names())
             raise ValueError(f"engine_options: unknown option(s) {sorted(unknown)}; known: {known}")
-        if self.graph not in BUILTIN_GRAPHS and (self.engine_options or self.graph_options):
+        if not self.graph_is_builtin and (self.engine_options or self.graph_options):
             raise ValueError("engine_options and graph_options apply to the built-in graphs; a YAML graph sets its own")
         for field_name, low in _LOWER_BOUNDS.items():
             value = getattr(self, field_name)
@@ -75,6 +81,11 @@ class ServeConfig:
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise ValueError(f"{field_name} must be a positive number of seconds, got {value!r}")
+
+    @property
+    def graph_is_builtin(self) -> bool:
+        """Whether `graph` names a built-in graph (else it is a YAML path)."""
+        return isinstance(self.graph, str) and self.graph in builtin_graph_names()
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any] | None) -> ServeConfig:
@@ -100,7 +111,7 @@ class ServeConfig:
         (the embedded default model, written on first use, when none is named). A YAML graph
         keeps its own models unless `model` overrides them."""
         model = self.model
-        if model is None and self.graph in BUILTIN_GRAPHS:
+        if model is None and self.graph_is_builtin:
             from tideflow.demo.default_model import default_model_dir
 
             model = str(default_model_dir())

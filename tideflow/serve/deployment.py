@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from tideflow.serve.config import BUILTIN_GRAPHS, ServeConfig
+from tideflow.serve.config import ServeConfig
 
 DEPLOYMENT_NAME = "OpenAIIngress"
 # Serve's own per-replica concurrency sits this far above the admission bound, so that excess
@@ -25,12 +25,10 @@ SERVE_HEADROOM = 256
 
 def build_graph(config: ServeConfig, graph_data: Mapping | None, name: str):
     """The graph one replica deploys, named `name`."""
-    from tideflow.graphs import Graph
-    from tideflow.graphs import builtin
+    from tideflow.graphs import Graph, builtin_graph
 
-    if config.graph in BUILTIN_GRAPHS:
-        builder = getattr(builtin, config.graph)
-        return builder(config.model, name=name, **config.graph_options, **config.engine_options)
+    if config.graph_is_builtin:
+        return builtin_graph(config.graph)(config.model, name=name, **config.graph_options, **config.engine_options)
     data = {**graph_data, "name": name}
     if config.model is not None:  # --model replaces the model of every stage that names one
         data["stages"] = [
@@ -85,7 +83,7 @@ def build_app(args: Mapping[str, Any] | None = None):
 
     config = ServeConfig.from_args(args).resolved()
     graph_data = None
-    if config.graph not in BUILTIN_GRAPHS:
+    if not config.graph_is_builtin:
         graph_data = Graph.from_yaml(config.graph).to_dict()  # read here: replicas need not see the file
     deployment = serve.deployment(
         serve.ingress()(OpenAIIngress),
