@@ -46,17 +46,16 @@ def replay(records: list[Recorded], run) -> list[Difference]:
 
 
 def graph_from_arg(spec: str, model: str | None, dtype: str | None = None):
-    """A graph from `--graph` (colocated | disaggregated | a YAML file) and `--model`."""
-    from tideflow.graphs import Graph
-    from tideflow.graphs.builtin import colocated, disaggregated
+    """A graph from `--graph` (a built-in graph's name or a YAML file) and `--model`."""
+    from tideflow.graphs import BUILTIN_GRAPHS, Graph
 
     options = {"dtype": dtype} if dtype else {}
-    if spec in ("colocated", "disaggregated"):
+    if spec in BUILTIN_GRAPHS:
         if not model:
             raise ValueError("model: a built-in graph needs --model (or a log whose meta.json names one)")
-        return (colocated if spec == "colocated" else disaggregated)(model, **options)
+        return BUILTIN_GRAPHS[spec](model, **options)
     if not os.path.exists(spec):
-        raise ValueError(f"graph: {spec!r} is neither a built-in graph (colocated, disaggregated) nor a YAML file")
+        raise ValueError(f"graph: {spec!r} is neither a built-in graph ({', '.join(BUILTIN_GRAPHS)}) nor a YAML file")
     graph = Graph.from_yaml(spec)
     if model or options:
         from dataclasses import replace
