@@ -29,9 +29,11 @@ class LLM:
         max_model_len, block_size, num_kv_blocks, kv_cache_memory_bytes,
         enable_prefix_caching, enable_chunked_prefill, max_num_seqs, max_num_batched_tokens,
         kernel_backend, model_impl, device, trust_remote_code (see `tideflow.config.engine_config`)."""
+        from tideflow.runtime.engine.driver import EngineDriver
         from tideflow.runtime.engine.engine import Engine
 
         self.engine = Engine(engine_config(model, **engine_options))
+        self._driver = EngineDriver(self.engine, keep_outputs=True)
         self._ids = itertools.count()
 
     def get_tokenizer(self):
@@ -65,8 +67,7 @@ class LLM:
             for rid in request_ids:
                 self.engine.abort_request(rid)
             raise
-        self._run(request_ids, use_tqdm)
-        return [self.engine.pop_finished(rid).output() for rid in request_ids]
+        return self._run(request_ids, use_tqdm)
 
     def chat(
         self,
@@ -89,24 +90,13 @@ class LLM:
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _run(self, request_ids: list[str], use_tqdm: bool) -> None:
-        pending = set(request_ids)
-        bar = None
-        if use_tqdm:
-            from tqdm.auto import tqdm
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        if not use_tqdm:
+            return self._driver.run(request_ids)
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(request_ids), desc="Processed prompts", unit="req", dynamic_ncols=True)
-        engine = self.engine
-        while pending:
-            for seq in engine.step():
-                if seq.finished and seq.request_id in pending and engine.requests[seq.request_id].finished:
-                    pending.discard(seq.request_id)
-                    if bar is not None:
-                        bar.update(1)
-            if not engine.has_unfinished() and pending:
-                raise RuntimeError(f"engine stopped with {len(pending)} unfinished requests")
-        if bar is not None:
-            bar.close()
+        with tqdm(total=len(request_ids), desc="Processed prompts", unit="req", dynamic_ncols=True) as bar:
+            return self._driver.run(request_ids, bar.update)
 
     @staticmethod
     def _params_per_prompt(sampling_params, n: int) -> list[SamplingParams]:
