@@ -87,7 +87,7 @@ class EngineLoop:
                         self._admit(self._inbox.get_nowait())
                     except queue.Empty:
                         break
-                for rid in self._driver.step().finished_requests:
+                for rid in self._driver.step().finished_requests:  # every request here is a row of a call
                     call, index = self._rows.pop(rid)
                     call.outputs[index] = self._driver.pop_output(rid)
                     call.left -= 1

@@ -1,7 +1,9 @@
 """The in-process engine: admits requests and advances them one step at a time.
 
-`Engine.step()` is schedule -> execute -> update. Everything else here is construction
-(decided once) and request admission (validated before anything is queued).
+`Engine.step()` is schedule -> execute -> update and returns an `EngineOutput`. Everything
+else here is construction (decided once), request admission (validated before anything is
+queued) and the members `EngineAPI` declares (tideflow.runtime.engine.api): the only ones
+code outside this package uses. Callers step it through `EngineDriver` (driver.py).
 """
 
 from __future__ import annotations
