@@ -82,9 +82,8 @@ class TokenStream:
             if not new and not seq.finished:
                 continue
             logprobs = encode_logprobs(seq.logprobs[num_tokens:]) if seq.logprobs is not None else None
-            rows.append(self._row(
-                key, state, seq if state is None or state[0] == 0 else None, new, logprobs, seq.finished, seq.finish_reason, seq.stop_reason
-            ))
+            first = seq if state is None or state[0] == 0 else None
+            rows.append(self._row(key, state, first, new, logprobs, seq.finished, seq.finish_reason, seq.stop_reason))
         return rows
 
     def _row(self, key: tuple[str, int], state: list[int] | None, first: Sequence | None, new: list[int],
@@ -110,8 +109,10 @@ class TokenStream:
             row["num_cached_tokens"] = first.num_cached_tokens
         if finished:
             self.sent.pop(key, None)
+        elif state is None:
+            self.sent[key] = [1, len(new)]
         else:
-            self.sent[key] = [num_rows + 1, num_tokens + len(new)]
+            state[0], state[1] = num_rows + 1, num_tokens + len(new)
         return row
 
     def forget(self, request_id: str, index: int | None = None) -> None:

@@ -19,12 +19,14 @@ class EngineOutput:
 
     request_ids: list[str] = field(default_factory=list)  # row -> request id of the completion
     indexes: list[int] = field(default_factory=list)  # row -> completion index within its request (0..n-1)
-    token_offsets: list[int] = field(default_factory=lambda: [0])  # rows + 1: row i's tokens are token_ids[offsets[i]:offsets[i + 1]]
+    # rows + 1 entries: row i appended token_ids[token_offsets[i]:token_offsets[i + 1]]
+    token_offsets: list[int] = field(default_factory=lambda: [0])
     token_ids: list[int] = field(default_factory=list)  # the tokens every row appended this step, concatenated
-    logprobs: list[dict[int, Logprob] | None] = field(default_factory=list)  # aligned with token_ids: {token_id: Logprob}, None where not asked
+    # aligned with token_ids: {token_id: Logprob} (sampled + top-n), None where the completion did not ask
+    logprobs: list[dict[int, Logprob] | None] = field(default_factory=list)
     finished: list[bool] = field(default_factory=list)  # row -> the completion ended this step
     finish_reasons: list[str | None] = field(default_factory=list)  # row -> "stop" | "length", None while it runs
-    stop_reasons: list[int | str | None] = field(default_factory=list)  # row -> the stop string or stop token id that ended it
+    stop_reasons: list[int | str | None] = field(default_factory=list)  # row -> the stop string or token id that ended it
     finished_requests: list[str] = field(default_factory=list)  # requests whose last running completion ended this step
     num_scheduled_tokens: int = 0  # tokens computed this step (prompt chunks and decode rows)
     num_scheduled_seqs: int = 0  # sequences scheduled this step
