@@ -26,6 +26,7 @@ class LLM:
         enable_prefix_caching, enable_chunked_prefill, max_num_seqs, max_num_batched_tokens,
         kernel_backend, model_impl, device, trust_remote_code (see `tideflow.config.engine_config`)."""
         from tideflow.models.image_spec import ImagePromptSpec
+        from tideflow.runtime.engine.driver import EngineDriver
         from tideflow.runtime.engine.engine import Engine
         from tideflow.runtime.engine.prompt_processor import PromptProcessor
 
@@ -33,6 +34,7 @@ class LLM:
         self.prompts = PromptProcessor(  # the prompt front door: templates and tokenizes each prompt once
             engine.tokenizer, engine.vocab_size, engine.max_model_len, ImagePromptSpec.from_config(engine.hf_config)
         )
+        self._driver = EngineDriver(engine, keep_outputs=True)
         self._ids = itertools.count()
 
     def get_tokenizer(self):
@@ -62,8 +64,7 @@ class LLM:
             for rid in request_ids:
                 self.engine.abort_request(rid)
             raise
-        self._run(request_ids, use_tqdm)
-        return [self.engine.pop_finished(rid).output() for rid in request_ids]
+        return self._run(request_ids, use_tqdm)
 
     def chat(
         self,
@@ -85,21 +86,10 @@ class LLM:
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _run(self, request_ids: list[str], use_tqdm: bool) -> None:
-        pending = set(request_ids)
-        bar = None
-        if use_tqdm:
-            from tqdm.auto import tqdm
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        if not use_tqdm:
+            return self._driver.run(request_ids)
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(request_ids), desc="Processed prompts", unit="req", dynamic_ncols=True)
-        engine = self.engine
-        while pending:
-            for seq in engine.step():
-                if seq.finished and seq.request_id in pending and engine.requests[seq.request_id].finished:
-                    pending.discard(seq.request_id)
-                    if bar is not None:
-                        bar.update(1)
-            if not engine.has_unfinished() and pending:
-                raise RuntimeError(f"engine stopped with {len(pending)} unfinished requests")
-        if bar is not None:
-            bar.close()
+        with tqdm(total=len(request_ids), desc="Processed prompts", unit="req", dynamic_ncols=True) as bar:
+            return self._driver.run(request_ids, bar.update)

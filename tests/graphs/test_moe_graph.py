@@ -70,7 +70,7 @@ def _generate(graph, prompts, params, deployed: bool):
         return runner.generate(prompts, params), runner.stats()["engine"][0]
     finally:
         runner.close()
-        runner.roles["engine"][0].core.expert_parallel.close()
+        runner.roles["engine"][0].engine.experts.close()
 
 
 @pytest.mark.parametrize(

@@ -13,34 +13,33 @@ from collections import deque
 
 import pyarrow as pa
 
-from tideflow.runtime.dataflow.role import Emission, StageContext, StageRole
-from tideflow.actors.engine import build_engine, capacity, engine_stats
+from tideflow.actors.engine_role import EngineRole
 from tideflow.actors.prefill import kv_key
-from tideflow.runtime.edges.rows import TokenStream, decode_logprobs, error_row, to_batch
-from tideflow.runtime.recovery.snapshot_codec import KeyMemory, kv_from_state, restore_stream, seq_from_state, seq_state, stream_state
+from tideflow.runtime.dataflow.role import Emission, StageContext
 from tideflow.runtime.edges import schemas
+from tideflow.runtime.edges.rows import TokenStream, decode_logprobs, error_row, to_batch
 from tideflow.runtime.engine.core.sequence import Sequence, SequenceStatus
+from tideflow.runtime.recovery.snapshot_codec import kv_from_state, restore_stream, seq_from_state, seq_state, stream_state
 
 
-class Decode(StageRole):
+class Decode(EngineRole):
     consumes = schemas.PREFILLED
     produces = schemas.TOKENS
-    needs_model = True
     routing = "least_loaded"
+    holds_requests = False  # single completions, adopted: `done` and `seqs` are keyed (request_id, index)
 
     def __init__(self, context: StageContext):
         super().__init__(context)
-        self.core = build_engine(context.options)
-        self.capacity = capacity(context.options)
         self.stream = TokenStream(context.replica)
-        self.ready: list[dict] = []  # rows to send before the next step
         self.pending: deque[tuple[Sequence, tuple]] = deque()  # prefilled, waiting for blocks
         self.seqs: dict[tuple[str, int], Sequence] = {}  # (request_id, index) -> live sequence
-        self.done = KeyMemory()  # (request_id, index) finished here: replayed rows are dropped
         self.checkpoint_kv = bool(context.options.get("checkpoint_kv", False))
 
     def _known(self, key: tuple[str, int]) -> bool:
         return key in self.seqs or key in self.done or any((s.request_id, s.index) == key for s, _ in self.pending)
+
+    def _completion(self, request_id: str, index: int) -> Sequence:
+        return self.seqs[(request_id, index)]
 
     def push(self, batch: pa.RecordBatch, attachments=None) -> None:
         replica = self.context.replica
@@ -52,7 +51,7 @@ class Decode(StageRole):
                 self.ready.append(error_row(rid, row["error"], replica))
                 continue
             params = schemas.row_to_params(row["sampling"])
-            seq = self.core.new_sequence(rid, index, row["prompt_token_ids"], params)
+            seq = self.engine.new_sequence(rid, index, row["prompt_token_ids"], params)
             seq.token_ids.append(row["first_token_id"])
             seq.logprobs = decode_logprobs(row["first_logprobs"])
             if seq.logprobs:
@@ -72,38 +71,33 @@ class Decode(StageRole):
                 self.pending.append((seq, kv))
 
     def _recompute(self, seq: Sequence) -> None:
-        seq.num_computed_tokens = 0
-        self.core.scheduler.add(seq)
+        self.engine.recompute(seq)
         self.seqs[(seq.request_id, seq.index)] = seq
 
     def poll(self) -> list[Emission]:
-        rows, self.ready = self.ready, []
+        rows = self._take_ready()
         adopted = []
         while self.pending:
             seq, (k, v) = self.pending[0]
-            if not self.core.adopt(seq, k, v):
+            if not self.engine.adopt(seq, k, v):
                 break
             self.pending.popleft()
             self.seqs[(seq.request_id, seq.index)] = seq
             adopted.append(seq)
         rows += self.stream.rows(adopted)  # the first token, sampled by prefill
-        if self.core.has_unfinished():
-            produced = self.core.step()
-            rows += self.stream.rows(produced)
-            for seq in produced:
-                if seq.finished:
-                    self.seqs.pop((seq.request_id, seq.index), None)
-                    self.done.add((seq.request_id, seq.index))
+        out = self.driver.step()
+        rows += self.stream.step_rows(out, self._completion)
+        for rid, index, finished in zip(out.request_ids, out.indexes, out.finished):
+            if finished:
+                self.seqs.pop((rid, index), None)
+                self.done.add((rid, index))
         return [Emission(to_batch(rows, self.produces))] if rows else []
 
     def has_work(self) -> bool:
-        return bool(self.ready) or self.core.has_unfinished() or bool(self.pending)
+        return super().has_work() or bool(self.pending)
 
     def load(self) -> int:
-        return self.core.scheduler.num_unfinished + len(self.pending)
-
-    def accepting(self) -> bool:
-        return self.load() < self.capacity
+        return super().load() + len(self.pending)
 
     def abort(self, targets: list[tuple[str, int | None]]) -> None:
         def hit(seq: Sequence) -> bool:
@@ -111,7 +105,7 @@ class Decode(StageRole):
 
         self.pending = deque(item for item in self.pending if not hit(item[0]))
         victims = [s for s in self.seqs.values() if hit(s)]
-        self.core.scheduler.abort(victims)
+        self.engine.release(victims)
         for seq in victims:
             del self.seqs[(seq.request_id, seq.index)]
             self.done.add((seq.request_id, seq.index))
@@ -119,28 +113,21 @@ class Decode(StageRole):
             self.stream.forget(rid, index)
 
     def stats(self) -> dict:
-        return {**engine_stats(self.core), "num_pending_adoption": len(self.pending)}
+        return {**super().stats(), "num_pending_adoption": len(self.pending)}
 
     def snapshot(self) -> dict:
         """Live sequences by their tokens (plus K/V with `checkpoint_kv`); those still waiting
         for adoption too, so that nothing prefill handed over is lost."""
-        runner = self.core.runner
         live = [
-            seq_state(s, runner.read_kv(s.block_table, s.num_computed_tokens) if self.checkpoint_kv and s.num_computed_tokens else None)
+            seq_state(s, self.engine.read_kv(s) if self.checkpoint_kv and s.num_computed_tokens else None)
             for s in self.seqs.values()
         ]
         waiting = [seq_state(s, kv if self.checkpoint_kv else None) for s, kv in self.pending]
-        return {
-            "seqs": live + waiting,
-            "stream": stream_state(self.stream),
-            "ready": list(self.ready),
-            "done": self.done.state(),
-        }
+        return {"seqs": live + waiting, "stream": stream_state(self.stream), **super().snapshot()}
 
     def restore(self, state: dict) -> None:
+        super().restore(state)
         restore_stream(self.stream, state["stream"])
-        self.ready = list(state["ready"])
-        self.done.restore(state["done"])
         for s in state["seqs"]:
             seq, kv = seq_from_state(s), kv_from_state(s)
             key = (seq.request_id, seq.index)
@@ -155,8 +142,7 @@ class Decode(StageRole):
 
     def _adopt_restored(self, seq: Sequence, kv: tuple) -> None:
         """A live sequence restored with its K/V: adopted now, or recomputed if it does not fit."""
-        if self.core.adopt(seq, *kv):
+        if self.engine.adopt(seq, *kv):
             self.seqs[(seq.request_id, seq.index)] = seq
         else:
             self._recompute(seq)
-

@@ -19,7 +19,7 @@ import time
 import pyarrow as pa
 
 from tideflow.runtime.dataflow.role import Emission, StageContext, StageRole
-from tideflow.actors.engine import features_key
+from tideflow.actors.engine_role import features_key
 from tideflow.runtime.edges.rows import to_batch
 from tideflow.runtime.edges import schemas
 from tideflow.runtime.engine.feature_cache import FeatureCache

@@ -36,7 +36,10 @@ class _Call:
 
 class EngineLoop:
     def __init__(self, engine):
+        from tideflow.runtime.engine.driver import EngineDriver
+
         self.engine = engine
+        self._driver = EngineDriver(engine, keep_outputs=True)
         self._inbox: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self._ids = itertools.count()
         self._rows: dict[str, tuple[_Call, int]] = {}  # request_id -> (its call, index in the call)
@@ -84,14 +87,12 @@ class EngineLoop:
                         self._admit(self._inbox.get_nowait())
                     except queue.Empty:
                         break
-                for seq in engine.step():
-                    rid = seq.request_id
-                    if seq.finished and rid in self._rows and engine.requests[rid].finished:
-                        call, index = self._rows.pop(rid)
-                        call.outputs[index] = engine.pop_finished(rid).output()
-                        call.left -= 1
-                        if not call.left:
-                            call.done.set()
+                for rid in self._driver.step().finished_requests:  # every request here is a row of a call
+                    call, index = self._rows.pop(rid)
+                    call.outputs[index] = self._driver.pop_output(rid)
+                    call.left -= 1
+                    if not call.left:
+                        call.done.set()
         except BaseException as exc:  # noqa: BLE001 (handed to every waiting call)
             self._error = exc
             for call, _ in list(self._rows.values()):

@@ -38,9 +38,11 @@ def _latencies(records: list[tuple[float, float, float, int]]) -> dict:
 def _run_engine(model_dir: str, trace, dtype: str) -> tuple[float, list, list]:
     from tideflow import SamplingParams
     from tideflow.config import engine_config
+    from tideflow.runtime.engine.driver import EngineDriver
     from tideflow.runtime.engine.engine import Engine
 
     engine = Engine(engine_config(model_dir, dtype=dtype), detokenize=True)
+    driver = EngineDriver(engine, keep_outputs=True)
 
     def run(requests):
         start = time.monotonic()
@@ -48,11 +50,10 @@ def _run_engine(model_dir: str, trace, dtype: str) -> tuple[float, list, list]:
             engine.add_request(str(i), r.prompt_token_ids, SamplingParams(temperature=0, max_tokens=r.max_tokens, ignore_eos=True))
         done = {}
         while engine.has_unfinished():
-            for seq in engine.step():
-                if seq.finished:
-                    done[seq.request_id] = (start, seq.first_token_time, time.monotonic(), seq.num_output_tokens, seq.output_token_ids)
-        for rid in done:
-            engine.pop_finished(rid)
+            for rid in driver.step().finished_requests:
+                out = driver.pop_output(rid)
+                tokens = out.outputs[0].token_ids
+                done[rid] = (start, out.metrics["first_token_time"], time.monotonic(), len(tokens), tokens)
         return time.monotonic() - start, [done[str(i)] for i in range(len(requests))]
 
     run(trace[:2])

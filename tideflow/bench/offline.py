@@ -72,6 +72,7 @@ def measure_overhead(
     import numpy as np
 
     from tideflow import LLM, SamplingParams
+    from tideflow.runtime.engine.step_profile import profile_step
 
     llm = LLM(model_dir, dtype=dtype, kv_cache_memory_bytes=KV_CACHE_BYTES, max_num_seqs=max(MAX_SEQS, batch),
               max_num_batched_tokens=MAX_BATCH_TOKENS)
@@ -84,7 +85,6 @@ def measure_overhead(
         seqs += engine.add_request(f"overhead-{i}", ids, params).seqs
     while any(s.num_computed_tokens < len(s.token_ids) - 1 or s.num_output_tokens == 0 for s in seqs):
         engine.step()  # prefill (chunked under the budget) until every sequence decodes
-    scheduler, runner = engine.scheduler, engine.runner
     step_s, fwd_s, prep_s, sched_s, exec_s, upd_s = [], [], [], [], [], []
     busy0, own0, start = cpu_busy_s(), own_cpu_s(), time.perf_counter()
     for _ in range(steps):
@@ -92,25 +92,14 @@ def measure_overhead(
         engine.step()
         step_s.append(time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
-        sched = scheduler.schedule()
-        t1 = time.perf_counter()
-        runner.forward_only(sched)
-        t2 = time.perf_counter()
-        if hasattr(runner, "prepare"):
-            runner.prepare(sched)
-        t3 = time.perf_counter()
-        out = runner.execute(sched)
-        t4 = time.perf_counter()
-        scheduler.update(sched, out)
-        t5 = time.perf_counter()
-        if len(sched) != batch or sched.num_tokens != batch:
-            raise RuntimeError(f"overhead: expected {batch} decode rows, the scheduler gave {len(sched)}")
-        sched_s.append(t1 - t0)
-        fwd_s.append(t2 - t1)
-        prep_s.append(t3 - t2)
-        exec_s.append(t4 - t3)
-        upd_s.append(t5 - t4)
+        parts = profile_step(engine)
+        if parts.num_seqs != batch or parts.num_tokens != batch:
+            raise RuntimeError(f"overhead: expected {batch} decode rows, the scheduler gave {parts.num_seqs}")
+        sched_s.append(parts.schedule_s)
+        fwd_s.append(parts.forward_s)
+        prep_s.append(parts.prepare_s)
+        exec_s.append(parts.execute_s)
+        upd_s.append(parts.update_s)
     for seq in seqs:
         if not seq.finished:
             engine.abort_request(seq.request_id)

@@ -44,9 +44,11 @@ class InprocessEngine:
 
     def __init__(self, model_dir: str, dtype: str = "auto"):
         from tideflow.config import engine_config
+        from tideflow.runtime.engine.driver import EngineDriver
         from tideflow.runtime.engine.engine import Engine
 
         self.engine = Engine(engine_config(model_dir, dtype=dtype), detokenize=False)
+        self.driver = EngineDriver(self.engine)
         self._next_id = 0
         self._warm_up()
 
@@ -60,17 +62,9 @@ class InprocessEngine:
 
     def _warm_up(self) -> None:
         """One short request first: the first steps pay one-time costs (kernel compilation)."""
-        rid = self._add(list(range(FIRST_ID, FIRST_ID + 8)), 4)
+        self._add(list(range(FIRST_ID, FIRST_ID + 8)), 4)
         while self.engine.has_unfinished():
-            self.engine.step()
-        self.engine.pop_finished(rid)
-
-    def _step(self) -> tuple[list, bool]:
-        """Engine.step's three parts, run here to see whether the batch held any prefill rows."""
-        engine = self.engine
-        batch = engine.scheduler.schedule()
-        produced = engine.scheduler.update(batch, engine.runner.execute(batch))
-        return produced, batch.num_tokens == len(batch)
+            self.driver.step()
 
     def run(self, trace: list[TraceRequest], offsets: np.ndarray, max_concurrency: int | None = None) -> InprocessRun:
         """Admit request i once `offsets[i]` seconds have passed (and a slot is free under
@@ -90,16 +84,17 @@ class InprocessEngine:
                 time.sleep(max(0.0, start + offsets[waiting[0]] - time.perf_counter()))
                 continue
             t0 = time.perf_counter()
-            produced, decode_only = self._step()
+            out = self.driver.step()  # drops the requests it finished
             t1 = time.perf_counter()
             steps.append(t1 - t0)
-            if decode_only:
+            if out.decode_only:
                 decode_steps.append(t1 - t0)
-            for seq in produced:
-                records[index[seq.request_id]].chunk_times.append(t1)
-                if seq.finished:
-                    records[index.pop(seq.request_id)].output_tokens = seq.num_output_tokens
-                    self.engine.pop_finished(seq.request_id)
+            for row, rid in enumerate(out.request_ids):
+                record = records[index[rid]]
+                record.chunk_times.append(t1)
+                record.output_tokens += out.token_offsets[row + 1] - out.token_offsets[row]
+            for rid in out.finished_requests:
+                del index[rid]
         return InprocessRun(records, time.perf_counter() - start, steps, decode_steps)
 
 

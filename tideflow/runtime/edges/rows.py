@@ -6,11 +6,14 @@ Rows are built as Python dicts per request (not per token) and turned into one
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgpack
 import pyarrow as pa
 
-from tideflow.runtime.edges import schemas
 from tideflow.outputs import Logprob
+from tideflow.runtime.edges import schemas
+from tideflow.runtime.engine.core.outputs import EngineOutput
 from tideflow.runtime.engine.core.sequence import Sequence
 
 
@@ -52,36 +55,65 @@ class TokenStream:
         self.producer = producer
         self.sent: dict[tuple[str, int], list[int]] = {}  # (request_id, index) -> [rows sent, tokens sent]
 
-    def rows(self, seqs: list[Sequence], num_cached: dict | None = None) -> list[dict]:
+    def step_rows(self, out: EngineOutput, completion: Callable[[str, int], Sequence]) -> list[dict]:
+        """A row per completion of one engine step, carrying the tokens the step appended.
+        `completion(request_id, index)` is asked for a completion's sequence only when this
+        is its first row (which repeats the prompt, the params and the prefix cache hit)."""
+        rows = []
+        for row, (rid, index) in enumerate(zip(out.request_ids, out.indexes)):
+            key = (rid, index)
+            state = self.sent.get(key)
+            first = completion(rid, index) if state is None or state[0] == 0 else None
+            rows.append(self._row(
+                key, state, first, out.new_token_ids(row), encode_logprobs(out.new_logprobs(row)),
+                out.finished[row], out.finish_reasons[row], out.stop_reasons[row],
+            ))
+        return rows
+
+    def rows(self, seqs: list[Sequence]) -> list[dict]:
+        """A row per sequence with tokens not sent yet (or that finished since): for
+        sequences that did not come out of a step here (adopted, passed through, restored)."""
         rows = []
         for seq in seqs:
             key = (seq.request_id, seq.index)
-            state = self.sent.setdefault(key, [0, 0])
-            num_rows, num_tokens = state
+            state = self.sent.get(key)
+            num_tokens = state[1] if state is not None else 0
             new = seq.token_ids[seq.num_prompt_tokens + num_tokens :]
             if not new and not seq.finished:
                 continue
-            row = {
-                "request_id": seq.request_id,
-                "index": seq.index,
-                "seq": num_rows,
-                "new_token_ids": new,
-                "logprobs": encode_logprobs(seq.logprobs[num_tokens:]) if seq.logprobs is not None else None,
-                "finished": seq.finished,
-                "finish_reason": seq.finish_reason,
-                "stop_reason": seq.stop_reason if isinstance(seq.stop_reason, str) else None,
-                "stop_token_id": seq.stop_reason if isinstance(seq.stop_reason, int) else None,
-                "producer": self.producer,
-            }
-            if num_rows == 0:
-                row["prompt_token_ids"] = seq.token_ids[: seq.num_prompt_tokens]
-                row["sampling"] = schemas.params_to_row(seq.params)
-                row["num_cached_tokens"] = seq.num_cached_tokens
-            state[0], state[1] = num_rows + 1, num_tokens + len(new)
-            if seq.finished:
-                del self.sent[key]
-            rows.append(row)
+            logprobs = encode_logprobs(seq.logprobs[num_tokens:]) if seq.logprobs is not None else None
+            first = seq if state is None or state[0] == 0 else None
+            rows.append(self._row(key, state, first, new, logprobs, seq.finished, seq.finish_reason, seq.stop_reason))
         return rows
+
+    def _row(self, key: tuple[str, int], state: list[int] | None, first: Sequence | None, new: list[int],
+             logprobs: bytes | None, finished: bool, finish_reason: str | None, stop_reason: int | str | None) -> dict:
+        """The next row of completion `key` (`state`: its progress, None before its first row;
+        `first`: its sequence, given for its first row only); records it as sent."""
+        num_rows, num_tokens = state if state is not None else (0, 0)
+        row = {
+            "request_id": key[0],
+            "index": key[1],
+            "seq": num_rows,
+            "new_token_ids": new,
+            "logprobs": logprobs,
+            "finished": finished,
+            "finish_reason": finish_reason,
+            "stop_reason": stop_reason if isinstance(stop_reason, str) else None,
+            "stop_token_id": stop_reason if isinstance(stop_reason, int) else None,
+            "producer": self.producer,
+        }
+        if first is not None:
+            row["prompt_token_ids"] = first.token_ids[: first.num_prompt_tokens]
+            row["sampling"] = schemas.params_to_row(first.params)
+            row["num_cached_tokens"] = first.num_cached_tokens
+        if finished:
+            self.sent.pop(key, None)
+        elif state is None:
+            self.sent[key] = [1, len(new)]
+        else:
+            state[0], state[1] = num_rows + 1, num_tokens + len(new)
+        return row
 
     def forget(self, request_id: str, index: int | None = None) -> None:
         """Drop the progress of an aborted completion (every completion when index is None)."""

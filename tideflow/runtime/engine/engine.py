@@ -1,7 +1,9 @@
 """The in-process engine: admits requests and advances them one step at a time.
 
-`Engine.step()` is schedule -> execute -> update. Everything else here is construction
-(decided once) and request admission (validated before anything is queued).
+`Engine.step()` is schedule -> execute -> update and returns an `EngineOutput`. Everything
+else here is construction (decided once), request admission (validated before anything is
+queued) and the members `EngineAPI` declares (tideflow.runtime.engine.api): the only ones
+code outside this package uses. Callers step it through `EngineDriver` (driver.py).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import time
 
 from tideflow.config import EngineConfig
 from tideflow.models.image_spec import ImagePromptSpec
-from tideflow.runtime.engine.prompt_images import PromptImages
+from tideflow.runtime.engine.api import ExpertDispatch
+from tideflow.runtime.engine.core.outputs import EngineOutput, EngineStats
 from tideflow.runtime.engine.core.sequence import Request, Sequence, check_prompt_ids
+from tideflow.runtime.engine.prompt_images import PromptImages
 from tideflow.sampling_params import SamplingParams
 
 
@@ -100,6 +104,7 @@ class Engine:
             )
         self.requests: dict[str, Request] = {}
         self.images = PromptImages(self.hf_config, self.model, mc.model, mc.trust_remote_code)
+        self.experts: ExpertDispatch | None = None  # set by attach_experts when MoE experts run on expert actors
         torch.manual_seed(mc.seed)
 
     def _resolve(self, config: EngineConfig) -> EngineConfig:
@@ -156,6 +161,49 @@ class Engine:
             )
         return Sequence(request_id, index, list(ids), len(ids), params, max_tokens, arrival_time=arrival_time)
 
+    def check_request(self, prompt_token_ids, params: SamplingParams, images=None) -> list[int]:
+        """Whether a request could ever run here, without queueing it: the prompt's ids as a
+        list (image placeholders expanded), or ValueError naming the field (empty prompt, ids
+        outside the vocabulary, a prompt as long as the context, prompt plus max_tokens beyond
+        the KV pool, images the model cannot take or the prompt does not place)."""
+        ids, _ = self.images.prepare(list(prompt_token_ids), images)
+        ids = check_prompt_ids(ids, self.vocab_size, self.max_model_len)
+        self.new_sequence("check", 0, ids, params)
+        return ids
+
+    def abort_request(self, request_id: str, index: int | None = None) -> bool:
+        """Stop a request's completions (all of them, or completion `index`) and free their
+        blocks; the request is dropped once none of its completions runs. Returns whether this
+        engine held the request."""
+        request = self.requests.get(request_id)
+        if request is None:
+            return False
+        self.scheduler.abort(request.seqs if index is None else [s for s in request.seqs if s.index == index])
+        if request.finished:
+            del self.requests[request_id]
+        return True
+
+    def pop_finished(self, request_id: str) -> Request:
+        """Drop a finished request and return it (KeyError when it is not held)."""
+        return self.requests.pop(request_id)
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether a request admitted here is still held (running, queued, or finished and not popped)."""
+        return request_id in self.requests
+
+    def sequence(self, request_id: str, index: int) -> Sequence:
+        """Completion `index` of a held request (its prompt, params and sampling state)."""
+        return self.requests[request_id].seqs[index]
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    @property
+    def num_unfinished(self) -> int:
+        """Sequences running or queued here: the engine's load."""
+        return self.scheduler.num_unfinished
+
+    # -- completions that move between engines ------------------------------------------------
     def adopt(self, seq: Sequence, k, v) -> bool:
         """Continue a sequence prefilled elsewhere: `k`/`v` hold the K/V of its first
         `k.shape[1]` tokens. Returns False, holding nothing, when blocks or sequence slots are
@@ -170,36 +218,80 @@ class Engine:
         self.blocks.publish_full_blocks(seq)
         return self.scheduler.adopt(seq)
 
-    def release(self, seqs: list[Sequence]) -> None:
-        """Stop sequences that leave this engine (handed off or aborted) and free their blocks."""
+    def recompute(self, seq: Sequence) -> None:
+        """Queue a sequence whose K/V is not here (replayed, restored, or not adoptable) to be
+        computed again from its tokens, then continue."""
+        seq.num_computed_tokens = 0
+        self.scheduler.add(seq)
+
+    def read_kv(self, seq: Sequence):
+        """The K/V of a sequence's computed tokens, as numpy arrays [layers, tokens, kv_heads, head_dim]."""
+        return self.runner.read_kv(seq.block_table, seq.num_computed_tokens)
+
+    def release(self, seqs: list[Sequence]) -> list[str]:
+        """Stop sequences that leave this engine (handed off or aborted) and free their blocks.
+        Requests left with no running completion are dropped; returns their ids."""
         self.scheduler.abort(seqs)
-
-    def check_request(self, prompt_token_ids, params: SamplingParams, images=None) -> list[int]:
-        """Whether a request could ever run here, without queueing it: the prompt's ids as a
-        list (image placeholders expanded), or ValueError naming the field (empty prompt, ids
-        outside the vocabulary, a prompt as long as the context, prompt plus max_tokens beyond
-        the KV pool, images the model cannot take or the prompt does not place)."""
-        ids, _ = self.images.prepare(list(prompt_token_ids), images)
-        ids = check_prompt_ids(ids, self.vocab_size, self.max_model_len)
-        self.new_sequence("check", 0, ids, params)
-        return ids
-
-    def abort_request(self, request_id: str) -> None:
-        request = self.requests.pop(request_id, None)
-        if request is not None:
-            self.scheduler.abort(request.seqs)
-
-    def pop_finished(self, request_id: str) -> Request:
-        return self.requests.pop(request_id)
-
-    def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0
+        dropped = []
+        for seq in seqs:
+            request = seq.request
+            if request is not None and request.finished and self.requests.get(seq.request_id) is request:
+                del self.requests[seq.request_id]
+                dropped.append(seq.request_id)
+        return dropped
 
     # -- the step -----------------------------------------------------------------------------
-    def step(self) -> list[Sequence]:
+    def step(self) -> EngineOutput:
         batch = self.scheduler.schedule()
         output = self.runner.execute(batch)
         return self.scheduler.update(batch, output)
+
+    # -- state for stats and checkpoints ------------------------------------------------------
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_requests_running=len(self.scheduler.running),
+            num_requests_waiting=len(self.scheduler.waiting),
+            kv_cache_usage_perc=self.blocks.usage,
+            prefix_cache_queries=self.blocks.stats.queries,
+            prefix_cache_hits=self.blocks.stats.hits,
+            num_preemptions=self.scheduler.num_preemptions,
+            images_encoded=self.images.num_encoded,
+        )
+
+    def held_requests(self) -> list[Request]:
+        """The requests held here, in admission order (read-only: for snapshots)."""
+        return list(self.requests.values())
+
+    def restore_request(self, request: Request) -> None:
+        """Hold a request rebuilt from a snapshot: its unfinished sequences are queued to be
+        recomputed from their tokens (prompt plus output so far), then continue."""
+        self.requests[request.request_id] = request
+        for seq in request.seqs:
+            if not seq.finished:
+                self.scheduler.add(seq)
+
+    def generator_state(self) -> bytes:
+        """The sampler's random generator (the seeds of unseeded requests come from it)."""
+        return bytes(self.runner.sampler.generator.get_state().numpy().tobytes())
+
+    def restore_generator(self, state: bytes) -> None:
+        import torch
+
+        self.runner.sampler.generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+
+    # -- expert parallelism -------------------------------------------------------------------
+    def attach_experts(self, experts: ExpertDispatch) -> None:
+        """Record that this engine's MoE experts run elsewhere (the model's experts modules are
+        already bound to `experts`' dispatch); its stats then report theirs."""
+        self.experts = experts
+
+    def expert_stats(self) -> dict:
+        """The expert actors' per-expert token counts, placement and dispatch cost, and each
+        actor's own counts (`expert_actor_stats`: one round trip to the actors); {} when the
+        experts run here."""
+        if self.experts is None:
+            return {}
+        return {**self.experts.stats(), "expert_actor_stats": self.experts.actor_stats()}
 
 
 def _packed_decoder(model, model_impl: str, attend):

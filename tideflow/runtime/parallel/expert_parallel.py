@@ -2,7 +2,8 @@
 layer's tokens to them.
 
 `start_expert_parallel(core, config)` is called once on a built engine core (by
-`tideflow.actors.engine.build_engine`, when a stage's options ask for `expert_actors`):
+`tideflow.actors.engine_role.build_engine`, when a stage's options ask for `expert_actors`,
+which then hands the result to `core.attach_experts`):
 
 1. with `expert_placement="balanced"` and no recorded `expert_load`, a warm-up run on the
    engine's own (still complete) experts counts the tokens routed to each expert;
@@ -240,6 +241,7 @@ def _warmup(core, tokens: int) -> None:
     """Run seeded random prompts of `tokens` tokens in all through `core` (one output token
     each), so that the bound counting experts see how the model routes. A proxy for real
     traffic: a recorded `expert_load` places better."""
+    from tideflow.runtime.engine.driver import EngineDriver
     from tideflow.sampling_params import SamplingParams
 
     rng = np.random.default_rng(0)
@@ -250,7 +252,4 @@ def _warmup(core, tokens: int) -> None:
         rid = f"__expert_warmup_{i}"
         core.add_request(rid, rng.integers(0, core.vocab_size, length).tolist(), params)
         ids.append(rid)
-    while core.has_unfinished():
-        core.step()
-    for rid in ids:
-        core.pop_finished(rid)
+    EngineDriver(core, keep_outputs=True).run(ids)

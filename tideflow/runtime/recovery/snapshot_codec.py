@@ -9,14 +9,16 @@ multimodal prompt also keeps its image features (recomputing it needs them).
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 import numpy as np
 
 from tideflow.runtime.edges.rows import decode_logprobs, encode_logprobs
 from tideflow.runtime.edges import schemas
+from tideflow.runtime.engine.api import EngineAPI
 from tideflow.runtime.engine.core.images import ImageInputs
-from tideflow.runtime.engine.core.sequence import Sequence, SequenceStatus
+from tideflow.runtime.engine.core.sequence import Request, Sequence, SequenceStatus
 
 
 def seq_state(seq: Sequence, kv: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
@@ -123,8 +125,8 @@ class KeyMemory:
         self.keys = OrderedDict((tuple(k) if isinstance(k, list) else k, None) for k in state)
 
 
-def requests_state(core) -> list[dict]:
-    """The requests an engine core holds (admission order): prompt and every sequence."""
+def requests_state(engine: EngineAPI) -> list[dict]:
+    """The requests an engine holds (admission order): prompt and every sequence."""
     return [
         {
             "request_id": req.request_id,
@@ -133,35 +135,17 @@ def requests_state(core) -> list[dict]:
             "params": schemas.params_to_row(req.params),
             "seqs": [seq_state(s) for s in req.seqs],
         }
-        for req in core.requests.values()
+        for req in engine.held_requests()
     ]
 
 
-def restore_requests(core, state: list[dict]) -> None:
-    """Queue the saved requests on `core`: unfinished sequences wait to be recomputed from
-    their tokens (prefill of prompt plus output so far), then continue where they were."""
-    import time
-
-    from tideflow.runtime.engine.core.sequence import Request
-
+def restore_requests(engine: EngineAPI, state: list[dict]) -> None:
+    """Hand the saved requests back to `engine`: unfinished sequences wait to be recomputed
+    from their tokens (prefill of prompt plus output so far), then continue where they were."""
     for r in state:
         seqs = [seq_from_state(s) for s in r["seqs"]]
         now = time.monotonic()
         for seq in seqs:
             seq.arrival_time = now
         params = schemas.row_to_params(r["params"])
-        core.requests[r["request_id"]] = Request(r["request_id"], r["prompt"], list(r["prompt_token_ids"]), params, seqs, now)
-        for seq in seqs:
-            if not seq.finished:
-                core.scheduler.add(seq)
-
-
-def generator_state(core) -> bytes:
-    """The sampler's generator (seeds of unseeded requests) as bytes."""
-    return bytes(core.runner.sampler.generator.get_state().numpy().tobytes())
-
-
-def restore_generator(core, state: bytes) -> None:
-    import torch
-
-    core.runner.sampler.generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+        engine.restore_request(Request(r["request_id"], r["prompt"], list(r["prompt_token_ids"]), params, seqs, now))

@@ -17,6 +17,7 @@ from typing import Protocol
 from tideflow.config import SchedulerConfig
 from tideflow.runtime.engine.core.scheduled_batch import ScheduledBatch
 from tideflow.runtime.engine.core.block_manager import BlockManager
+from tideflow.runtime.engine.core.outputs import EngineOutput
 from tideflow.runtime.engine.core.sequence import Sequence, SequenceStatus
 
 
@@ -130,27 +131,31 @@ class Scheduler:
             budget -= num_new
         return batch
 
-    def update(self, batch: ScheduledBatch, output: SampledTokens) -> list[Sequence]:
+    def update(self, batch: ScheduledBatch, output: SampledTokens) -> EngineOutput:
         """Advance every scheduled sequence by its computed tokens, append the sampled tokens,
-        apply the stop conditions, and return the sequences that produced a token."""
+        apply the stop conditions, and return what the step produced: a row per sequence that
+        sampled a token, and the requests that finished."""
         row = 0
-        produced = []
+        out = EngineOutput(num_scheduled_tokens=batch.num_tokens, num_scheduled_seqs=len(batch))
         for seq, num_new, sampled in zip(batch.seqs, batch.num_new_tokens, batch.sample):
             seq.num_computed_tokens += num_new
             self.blocks.publish_full_blocks(seq)
             self.blocks.release_outside_window(seq)
             if not sampled:
                 continue
-            self._append(seq, output.token_ids[row], output.logprobs[row] if output.logprobs else None)
+            token_id, logprobs = output.token_ids[row], output.logprobs[row] if output.logprobs else None
+            self._append(seq, token_id, logprobs)
             row += 1
-            produced.append(seq)
             reason = self._stop_reason(seq)
             if reason is not None:
                 if self.stop_checker is not None and not isinstance(seq.stop_reason, str):
                     self.stop_checker.flush(seq)  # a stop string already cut the text
                 self.running.remove(seq)
                 self._finish(seq, reason)
-        return produced
+            out.add(seq.request_id, seq.index, token_id, logprobs, seq.finish_reason, seq.stop_reason)
+            if reason is not None and seq.request is not None and seq.request.finished:
+                out.finished_requests.append(seq.request_id)
+        return out
 
     # -- helpers ------------------------------------------------------------------------------
     def _append(self, seq: Sequence, token_id: int, logprobs) -> None:

@@ -75,6 +75,7 @@ class Sequence:
     cumulative_logprob: float = 0.0
     first_token_time: float | None = None
     images: ImageInputs | None = None  # the prompt's images (multimodal models), shared by a request's sequences
+    request: Request | None = field(default=None, repr=False)  # the request it belongs to (None: adopted without one)
 
     @property
     def num_tokens(self) -> int:
@@ -116,8 +117,12 @@ class Request:
     prompt: str | None
     prompt_token_ids: list[int]
     params: SamplingParams
-    seqs: list[Sequence]
+    seqs: list[Sequence]  # completion index -> its sequence; each links back here
     arrival_time: float = 0.0
+
+    def __post_init__(self):
+        for seq in self.seqs:
+            seq.request = self
 
     @property
     def finished(self) -> bool:

@@ -1,0 +1,134 @@
+"""What the engine-owning roles (Engine, Prefill, Decode) share: building the engine from stage
+options, admitting tokenized rows, capacity and load, stats, and the engine's part of a
+snapshot. Each role keeps only what differs: what it does with a step's output.
+
+Roles use their engine through `tideflow.runtime.engine.api.EngineAPI` only, and step it
+through one `EngineDriver`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import ClassVar
+
+import pyarrow as pa
+
+from tideflow.runtime.dataflow.role import StageContext, StageRole
+from tideflow.runtime.edges import schemas
+from tideflow.runtime.edges.rows import error_row
+from tideflow.runtime.engine.api import EngineAPI
+from tideflow.runtime.engine.driver import EngineDriver
+from tideflow.runtime.recovery.snapshot_codec import KeyMemory, requests_state, restore_requests
+
+# options that describe the stage, not the engine
+_STAGE_OPTIONS = ("model", "num_threads", "max_pending", "checkpoint_kv")
+
+
+def features_key(request_id: str) -> str:
+    """The attachment key of a request's image features (an encoder stage sends them)."""
+    return f"{request_id}/0"
+
+
+def capacity(options: dict) -> int:
+    """Requests an engine-owning role holds before it stops taking input (`max_pending`;
+    default twice the running-sequence limit)."""
+    return int(options.get("max_pending", 2 * options.get("max_num_seqs", 64)))
+
+
+def build_engine(options: dict) -> EngineAPI:
+    """An engine (no detokenizer: text is the detokenizer stage's job) from stage options.
+    `expert_*` options (`expert_actors=K` ...) move the MoE experts onto K expert actors
+    started beside the engine (tideflow.runtime.parallel.expert_parallel), attached with
+    `attach_experts`."""
+    from tideflow.config import engine_config, expert_parallel_config
+    from tideflow.runtime.engine.engine import Engine
+
+    if "num_threads" in options:
+        import torch
+
+        torch.set_num_threads(int(options["num_threads"]))
+    experts, engine_options = expert_parallel_config({k: v for k, v in options.items() if k not in _STAGE_OPTIONS})
+    engine = Engine(engine_config(options["model"], **engine_options), detokenize=False)
+    if experts is not None:
+        from tideflow.runtime.parallel.expert_parallel import start_expert_parallel
+
+        engine.attach_experts(start_expert_parallel(engine, experts))
+    return engine
+
+
+def admit(engine: EngineAPI, row: dict, producer: int, attachments: dict | None = None) -> dict | None:
+    """Queue one TOKENIZED row on `engine`; an error row when it cannot run. The row's images
+    come with their features when an encoder stage sent them (`attachments`), else the engine
+    encodes them itself (a replayed row, or a graph without an encoder stage)."""
+    if row.get("error"):
+        return error_row(row["request_id"], row["error"], producer)
+    features = (attachments or {}).get(features_key(row["request_id"])) if row.get("images") else None
+    try:
+        engine.add_request(
+            row["request_id"], row["prompt_token_ids"], schemas.row_to_params(row["sampling"]), row["prompt"],
+            images=row.get("images"), image_features=features,
+        )
+    except (ValueError, TypeError) as exc:
+        return error_row(row["request_id"], str(exc), producer)
+    return None
+
+
+def engine_stats(engine: EngineAPI) -> dict:
+    """An engine's stats as a role reports them (its expert actors' too, when it has them)."""
+    return {**dataclasses.asdict(engine.stats()), **engine.expert_stats()}
+
+
+class EngineRole(StageRole):
+    """A role that owns an engine. Subclasses implement `push` and `poll` (and `abort`)."""
+
+    needs_model = True
+    # True: the role admits whole requests (engine, prefill); `done` holds request ids and a
+    # snapshot carries the engine's requests and generator. False (decode): it adopts single
+    # completions, which it tracks and snapshots itself, keyed (request_id, index).
+    holds_requests: ClassVar[bool] = True
+
+    def __init__(self, context: StageContext):
+        super().__init__(context)
+        self.engine = build_engine(context.options)
+        self.capacity = capacity(context.options)
+        self.ready: list[dict] = []  # rows to send before the next step (errors, pass-throughs)
+        self.done = KeyMemory()  # what finished here: replayed or late input for it is dropped
+        self.driver = EngineDriver(self.engine, done=self.done if self.holds_requests else None)
+
+    def _new_rows(self, batch: pa.RecordBatch) -> Iterator[dict]:
+        """The rows of `batch` this role has not seen: a replayed or retried input of a
+        request it holds or finished is dropped."""
+        for row in batch.to_pylist():
+            if not (self.engine.has_request(row["request_id"]) or row["request_id"] in self.done):
+                yield row
+
+    def _take_ready(self) -> list[dict]:
+        rows, self.ready = self.ready, []
+        return rows
+
+    def has_work(self) -> bool:
+        return bool(self.ready) or self.engine.has_unfinished()
+
+    def load(self) -> int:
+        return self.engine.num_unfinished
+
+    def accepting(self) -> bool:
+        return self.load() < self.capacity
+
+    def stats(self) -> dict:
+        return engine_stats(self.engine)
+
+    def snapshot(self) -> dict:
+        state = {"ready": list(self.ready), "done": self.done.state()}
+        if self.holds_requests:
+            state["requests"] = requests_state(self.engine)
+            state["generator"] = self.engine.generator_state()
+        return state
+
+    def restore(self, state: dict) -> None:
+        if self.holds_requests:
+            restore_requests(self.engine, state["requests"])
+            self.engine.restore_generator(state["generator"])
+        self.ready = list(state["ready"])
+        self.done.restore(state["done"])
