@@ -83,14 +83,15 @@ class Router:
 
     def _picks(self, batch: pa.RecordBatch):
         names = batch.schema.names
-        if self.policy == "sticky" or (self.policy == "image" and "images" not in names):
+        no_images = "images" not in names or not pa.types.is_list(batch.schema.field("images").type)
+        if self.policy == "sticky" or (self.policy == "image" and no_images):
             for rid in batch.column("request_id").to_pylist():
                 yield self._by_hash(rid.encode())
         elif self.policy == "image":
             ids = batch.column("request_id")
             for i, first in enumerate(_first_values(batch.column("images"))):
                 yield self._by_hash(first if first is not None else ids[i].as_py().encode())
-        elif self.policy == "prefix" and "prompt_token_ids" in names:
+        elif self.policy == "prefix" and "prompt_token_ids" in names and pa.types.is_list(batch.schema.field("prompt_token_ids").type):
             for ids in _list_values(batch.column("prompt_token_ids")):
                 yield self._by_load(ids)
         else:
