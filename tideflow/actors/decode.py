@@ -17,7 +17,7 @@ from tideflow.actors.engine_role import EngineRole
 from tideflow.actors.prefill import kv_key
 from tideflow.runtime.dataflow.role import Emission, StageContext
 from tideflow.runtime.edges import schemas
-from tideflow.runtime.edges.rows import TokenStream, decode_logprobs, error_row, to_batch
+from tideflow.runtime.edges.rows import TokenStream, concat, decode_logprobs, error_row
 from tideflow.runtime.engine.core.sequence import Sequence, SequenceStatus
 from tideflow.runtime.recovery.snapshot_codec import kv_from_state, restore_stream, seq_from_state, seq_state, stream_state
 
@@ -86,12 +86,12 @@ class Decode(EngineRole):
             adopted.append(seq)
         rows += self.stream.rows(adopted)  # the first token, sampled by prefill
         out = self.driver.step()
-        rows += self.stream.step_rows(out, self._completion)
+        batch = concat(rows, self.stream.step_batch(out, self._completion), self.produces)
         for rid, index, finished in zip(out.request_ids, out.indexes, out.finished):
             if finished:
                 self.seqs.pop((rid, index), None)
                 self.done.add((rid, index))
-        return [Emission(to_batch(rows, self.produces))] if rows else []
+        return [Emission(batch)] if batch is not None else []
 
     def has_work(self) -> bool:
         return super().has_work() or bool(self.pending)

@@ -7,7 +7,7 @@ import pyarrow as pa
 from tideflow.actors.engine_role import EngineRole, admit
 from tideflow.runtime.dataflow.role import Emission, StageContext
 from tideflow.runtime.edges import schemas
-from tideflow.runtime.edges.rows import TokenStream, to_batch
+from tideflow.runtime.edges.rows import TokenStream, concat
 from tideflow.runtime.recovery.snapshot_codec import restore_stream, stream_state
 
 
@@ -27,9 +27,9 @@ class Engine(EngineRole):
                 self.ready.append(err)
 
     def poll(self) -> list[Emission]:
-        rows = self._take_ready()
-        rows += self.stream.step_rows(self.driver.step(), self.driver.sequence)
-        return [Emission(to_batch(rows, self.produces))] if rows else []
+        batch = concat(self._take_ready(), self.stream.step_batch(self.driver.step(), self.driver.sequence),
+                       self.produces)
+        return [Emission(batch)] if batch is not None else []
 
     def abort(self, targets: list[tuple[str, int | None]]) -> None:
         for request_id, index in targets:

@@ -55,20 +55,52 @@ class TokenStream:
         self.producer = producer
         self.sent: dict[tuple[str, int], list[int]] = {}  # (request_id, index) -> [rows sent, tokens sent]
 
-    def step_rows(self, out: EngineOutput, completion: Callable[[str, int], Sequence]) -> list[dict]:
-        """A row per completion of one engine step, carrying the tokens the step appended.
-        `completion(request_id, index)` is asked for a completion's sequence only when this
-        is its first row (which repeats the prompt, the params and the prefix cache hit)."""
-        rows = []
-        for row, (rid, index) in enumerate(zip(out.request_ids, out.indexes)):
-            key = (rid, index)
+    def step_batch(self, out: EngineOutput, completion: Callable[[str, int], Sequence]) -> pa.RecordBatch | None:
+        """The TOKENS batch of one engine step, built column by column: a row per completion,
+        its new tokens taken from the step's flat token column and offsets as Arrow's list
+        layout (no per-token Python object). `completion(request_id, index)` is asked for a
+        completion's sequence only for its first row (which repeats the prompt, the params
+        and the prefix-cache hit). None when the step produced nothing."""
+        n = len(out)
+        if n == 0:
+            return None
+        seqnos, prompts, sampling, cached = [0] * n, [None] * n, [None] * n, [None] * n
+        offsets = out.token_offsets
+        for row, key in enumerate(zip(out.request_ids, out.indexes)):
             state = self.sent.get(key)
-            first = completion(rid, index) if state is None or state[0] == 0 else None
-            rows.append(self._row(
-                key, state, first, out.new_token_ids(row), encode_logprobs(out.new_logprobs(row)),
-                out.finished[row], out.finish_reasons[row], out.stop_reasons[row],
-            ))
-        return rows
+            num_rows = state[0] if state is not None else 0
+            seqnos[row] = num_rows
+            if num_rows == 0:
+                first = completion(*key)
+                prompts[row] = first.token_ids[: first.num_prompt_tokens]
+                sampling[row] = schemas.params_to_row(first.params)
+                cached[row] = first.num_cached_tokens
+            new = offsets[row + 1] - offsets[row]
+            if out.finished[row]:
+                self.sent.pop(key, None)
+            elif state is None:
+                self.sent[key] = [1, new]
+            else:
+                state[0], state[1] = num_rows + 1, state[1] + new
+        stops = out.stop_reasons
+        columns = {
+            "request_id": pa.array(out.request_ids, pa.string()),
+            "index": pa.array(out.indexes, pa.int32()),
+            "seq": pa.array(seqnos, pa.int64()),
+            "new_token_ids": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(out.token_ids, pa.int32())),
+            "logprobs": pa.array([encode_logprobs(out.new_logprobs(r)) for r in range(n)], pa.binary())
+            if any(lp is not None for lp in out.logprobs) else pa.nulls(n, pa.binary()),
+            "finished": pa.array(out.finished, pa.bool_()),
+            "finish_reason": pa.array(out.finish_reasons, pa.string()),
+            "stop_reason": pa.array([s if isinstance(s, str) else None for s in stops], pa.string()),
+            "stop_token_id": pa.array([s if isinstance(s, int) else None for s in stops], pa.int32()),
+            "producer": pa.array([self.producer] * n, pa.int32()),
+            "prompt_token_ids": pa.array(prompts, pa.list_(pa.int32())),
+            "sampling": pa.array(sampling, schemas.SAMPLING),
+            "num_cached_tokens": pa.array(cached, pa.int32()),
+            "error": pa.nulls(n, pa.string()),
+        }
+        return pa.RecordBatch.from_arrays([columns[f.name] for f in schemas.TOKENS], schema=schemas.TOKENS)
 
     def rows(self, seqs: list[Sequence]) -> list[dict]:
         """A row per sequence with tokens not sent yet (or that finished since): for
@@ -119,3 +151,13 @@ class TokenStream:
         """Drop the progress of an aborted completion (every completion when index is None)."""
         for key in [k for k in self.sent if k[0] == request_id and index in (None, k[1])]:
             del self.sent[key]
+
+
+def concat(rows: list[dict], batch: pa.RecordBatch | None, schema: pa.Schema) -> pa.RecordBatch | None:
+    """`rows` (made one by one: errors, first tokens of adopted sequences) followed by
+    `batch` as one batch of `schema`, in that order (a completion's rows must arrive in
+    `seq` order); None when both are empty."""
+    parts = ([to_batch(rows, schema)] if rows else []) + ([batch] if batch is not None else [])
+    if len(parts) < 2:
+        return parts[0] if parts else None
+    return pa.concat_batches(parts)
