@@ -65,11 +65,7 @@ LAYER_OF: dict[str, int] = {pkg: i for i, (_, pkgs) in enumerate(LAYERS) for pkg
 # Known edges that break the rules, each with why it is still here: (importing module,
 # imported module) -> reason. Each one must still exist (so a fixed one is removed from here),
 # and any edge not listed fails the test.
-ALLOWED: dict[tuple[str, str], str] = {
-    ("tideflow.runtime.engine.engine", "tideflow.runtime.parallel.sharded_runner"):
-        "engine.py names the tensor-parallel runner as a plugin a layer up (SHARDED_RUNNER); "
-        "it goes when the caller hands the engine its runner factory",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 DYNAMIC = re.compile(r"tideflow(\.\w+)+(:\w+(\.\w+)*)?")
 

@@ -27,10 +27,10 @@ class LLM:
         kernel_backend, model_impl, device, trust_remote_code (see `tideflow.config.engine_config`)."""
         from tideflow.models.image_spec import ImagePromptSpec
         from tideflow.runtime.engine.driver import EngineDriver
-        from tideflow.runtime.engine.engine import Engine
         from tideflow.runtime.engine.prompt_processor import PromptProcessor
+        from tideflow.runtime.parallel.engines import create_engine
 
-        self.engine = engine = Engine(engine_config(model, **engine_options))
+        self.engine = engine = create_engine(engine_config(model, **engine_options))
         self.prompts = PromptProcessor(  # the prompt front door: templates and tokenizes each prompt once
             engine.tokenizer, engine.vocab_size, engine.max_model_len, ImagePromptSpec.from_config(engine.hf_config)
         )

@@ -42,14 +42,14 @@ def build_engine(options: dict) -> EngineAPI:
     started beside the engine (tideflow.runtime.parallel.expert_parallel), attached with
     `attach_experts`."""
     from tideflow.config import engine_config, expert_parallel_config
-    from tideflow.runtime.engine.engine import Engine
+    from tideflow.runtime.parallel.engines import create_engine
 
     if "num_threads" in options:
         import torch
 
         torch.set_num_threads(int(options["num_threads"]))
     experts, engine_options = expert_parallel_config({k: v for k, v in options.items() if k not in _STAGE_OPTIONS})
-    engine = Engine(engine_config(options["model"], **engine_options), detokenize=False)
+    engine = create_engine(engine_config(options["model"], **engine_options), detokenize=False)
     if experts is not None:
         from tideflow.runtime.parallel.expert_parallel import start_expert_parallel
 

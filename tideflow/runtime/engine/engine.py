@@ -9,6 +9,7 @@ code outside this package uses. Callers step it through `EngineDriver` (driver.p
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 import time
 
 from tideflow.config import EngineConfig
@@ -20,23 +21,17 @@ from tideflow.runtime.engine.prompt_images import PromptImages
 from tideflow.sampling_params import SamplingParams
 
 
-# The runner of a tensor-parallel engine (tensor_parallel_size > 1): rank 0 here, the other
-# ranks in actors. It lives a layer up, in tideflow.runtime.parallel, which builds on this
-# package; the engine names it here and imports it on first use.
-SHARDED_RUNNER = "tideflow.runtime.parallel.sharded_runner:start_sharded_runner"
-
-
-def _plugin(target: str):
-    """The callable that "module:name" names, imported now."""
-    import importlib
-
-    module_name, _, name = target.partition(":")
-    return getattr(importlib.import_module(module_name), name)
-
-
 class Engine:
-    def __init__(self, config: EngineConfig, *, detokenize: bool = True):
-        """`detokenize=False` leaves text and stop strings to a downstream stage (graphs)."""
+    def __init__(self, config: EngineConfig, *, detokenize: bool = True, sharded_runner: Callable | None = None):
+        """`detokenize=False` leaves text and stop strings to a downstream stage (graphs).
+        `sharded_runner(config, model, kv_cache, sampler, num_blocks, decode_group_rows)`
+        starts the runner of a tensor-parallel engine (tensor_parallel_size > 1): it lives a
+        layer up, in tideflow.runtime.parallel, whose `create_engine` passes it."""
+        if config.parallel.tensor_parallel_size > 1 and sharded_runner is None:
+            raise ValueError(
+                "tensor_parallel_size > 1 needs the sharded runner: build the engine with "
+                "tideflow.runtime.parallel.create_engine"
+            )
         import torch
 
         from tideflow.models.loader import eos_token_ids, load_model, load_tokenizer, model_max_len, uniform_sliding_window
@@ -96,7 +91,7 @@ class Engine:
         sampler = Sampler(self.vocab_size, self.eos_token_ids, seed=mc.seed, kernel_backend=config.kernel_backend)
         decode_group_rows = attention_kernels(config.kernel_backend).decode_group_rows
         if tp > 1:
-            self.runner = _plugin(SHARDED_RUNNER)(config, self.model, kv_cache, sampler, self.num_blocks, decode_group_rows)
+            self.runner = sharded_runner(config, self.model, kv_cache, sampler, self.num_blocks, decode_group_rows)
         else:
             self.runner = ModelRunner(
                 self.model, kv_cache, sampler, device=config.parallel.device, decode_group_rows=decode_group_rows,
