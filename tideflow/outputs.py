@@ -43,4 +43,6 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
     finished: bool
-    metrics: dict[str, float] = field(default_factory=dict)  # arrival / first_token / finished times (monotonic s)
+    # arrival_time / first_token_time / finished_time, wall-clock seconds (time.time()) on every path:
+    # the in-process engine and a graph's stages in other processes read the same clock
+    metrics: dict[str, float] = field(default_factory=dict)

@@ -86,7 +86,7 @@ class Engine:
         self.detokenizer = Detokenizer(self.tokenizer) if detokenize else None
         self.scheduler = Scheduler(
             config.scheduler, self.blocks, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
-            stop_checker=self.detokenizer, clock=time.monotonic,
+            stop_checker=self.detokenizer, clock=time.time,
         )
         sampler = Sampler(self.vocab_size, self.eos_token_ids, seed=mc.seed, kernel_backend=config.kernel_backend)
         decode_group_rows = attention_kernels(config.kernel_backend).decode_group_rows
@@ -128,7 +128,7 @@ class Engine:
             raise ValueError(f"request_id {request_id!r} is already in use")
         ids, image_inputs = self.images.prepare(list(prompt_token_ids), images, image_features)
         ids = check_prompt_ids(ids, self.vocab_size, self.max_model_len)
-        now = time.monotonic()
+        now = time.time()  # wall clock, as every request metric (comparable across processes)
         seqs = [self.new_sequence(request_id, i, ids, params, arrival_time=now) for i in range(params.n)]
         self.images.encode(image_inputs, images)
         for seq in seqs:

@@ -196,6 +196,8 @@ class Scheduler:
         batch.preempted.append(seq)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
+        if self.clock is not None:
+            seq.finished_time = self.clock()
         self.blocks.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason

@@ -53,7 +53,7 @@ class Sequence:
     num_prompt_tokens: int
     params: SamplingParams
     max_tokens: int  # resolved output limit (params.max_tokens, or what the context leaves)
-    arrival_time: float = 0.0  # monotonic seconds
+    arrival_time: float = 0.0  # wall-clock seconds (time.time())
     seq_id: int = field(default_factory=lambda: next(_seq_ids))
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose K/V sit in the cache
@@ -73,7 +73,8 @@ class Sequence:
     sampling_seed: int | None = None  # int64 bits of the counter-based sampling seed; fixed at the first random draw
     logprobs: list[dict[int, Logprob]] | None = None
     cumulative_logprob: float = 0.0
-    first_token_time: float | None = None
+    first_token_time: float | None = None  # wall-clock seconds, set by the scheduler's clock
+    finished_time: float | None = None  # wall-clock seconds, set by the scheduler's clock
     images: ImageInputs | None = None  # the prompt's images (multimodal models), shared by a request's sequences
     request: Request | None = field(default=None, repr=False)  # the request it belongs to (None: adopted without one)
 
@@ -133,6 +134,9 @@ class Request:
         metrics = {"arrival_time": self.arrival_time}
         if first:
             metrics["first_token_time"] = min(first)
+        ends = [s.finished_time for s in self.seqs]
+        if self.finished and all(t is not None for t in ends):
+            metrics["finished_time"] = max(ends)
         return RequestOutput(
             request_id=self.request_id,
             prompt=self.prompt,
