@@ -17,7 +17,7 @@ from tideflow.actors.engine_role import EngineRole
 from tideflow.actors.prefill import kv_key
 from tideflow.runtime.dataflow.role import Emission, StageContext
 from tideflow.runtime.edges import schemas
-from tideflow.runtime.edges.rows import TokenStream, concat, decode_logprobs, error_row
+from tideflow.runtime.edges.rows import TokenStream, concat, decode_logprobs
 from tideflow.runtime.engine.core.sequence import Sequence, SequenceStatus
 from tideflow.runtime.recovery.snapshot_codec import kv_from_state, restore_stream, seq_from_state, seq_state, stream_state
 
@@ -42,13 +42,12 @@ class Decode(EngineRole):
         return self.seqs[(request_id, index)]
 
     def push(self, batch: pa.RecordBatch, attachments=None) -> None:
-        replica = self.context.replica
         for row in batch.to_pylist():
             rid, index = row["request_id"], row["index"]
             if self._known((rid, index)):
                 continue  # a replayed or retried input this replica already holds
             if row["error"]:
-                self.ready.append(error_row(rid, row["error"], replica))
+                self._fail(rid, row["error"])
                 continue
             params = schemas.row_to_params(row["sampling"])
             seq = self.engine.new_sequence(rid, index, row["prompt_token_ids"], params)

@@ -22,9 +22,9 @@ class Engine(EngineRole):
 
     def push(self, batch: pa.RecordBatch, attachments=None) -> None:
         for row in self._new_rows(batch):
-            err = admit(self.engine, row, self.context.replica, attachments)
-            if err is not None:
-                self.ready.append(err)
+            error = admit(self.engine, row, attachments)
+            if error is not None:  # errors travel on as finished rows
+                self._fail(row["request_id"], error)
 
     def poll(self) -> list[Emission]:
         batch = concat(self._take_ready(), self.stream.step_batch(self.driver.step(), self.driver.sequence),

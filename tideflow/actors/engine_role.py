@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from tideflow.runtime.dataflow.role import StageContext, StageRole
 from tideflow.runtime.edges import schemas
-from tideflow.runtime.edges.rows import error_row
+from tideflow.runtime.edges.error_rows import error_row
 from tideflow.runtime.engine.api import EngineAPI
 from tideflow.runtime.engine.driver import EngineDriver
 from tideflow.runtime.recovery.snapshot_codec import KeyMemory, requests_state, restore_requests
@@ -57,12 +57,12 @@ def build_engine(options: dict) -> EngineAPI:
     return engine
 
 
-def admit(engine: EngineAPI, row: dict, producer: int, attachments: dict | None = None) -> dict | None:
-    """Queue one TOKENIZED row on `engine`; an error row when it cannot run. The row's images
+def admit(engine: EngineAPI, row: dict, attachments: dict | None = None) -> str | None:
+    """Queue one TOKENIZED row on `engine`; why it cannot run when it cannot. The row's images
     come with their features when an encoder stage sent them (`attachments`), else the engine
     encodes them itself (a replayed row, or a graph without an encoder stage)."""
     if row.get("error"):
-        return error_row(row["request_id"], row["error"], producer)
+        return row["error"]
     features = (attachments or {}).get(features_key(row["request_id"])) if row.get("images") else None
     try:
         engine.add_request(
@@ -70,7 +70,7 @@ def admit(engine: EngineAPI, row: dict, producer: int, attachments: dict | None 
             images=row.get("images"), image_features=features,
         )
     except (ValueError, TypeError) as exc:
-        return error_row(row["request_id"], str(exc), producer)
+        return str(exc)
     return None
 
 
@@ -102,6 +102,10 @@ class EngineRole(StageRole):
         for row in batch.to_pylist():
             if not (self.engine.has_request(row["request_id"]) or row["request_id"] in self.done):
                 yield row
+
+    def _fail(self, request_id: str, message: str, index: int = 0) -> None:
+        """Send the request on as failed (`error_row` of this role's output schema)."""
+        self.ready.append(error_row(self.produces, request_id, message, index=index, producer=self.context.replica))
 
     def _take_ready(self) -> list[dict]:
         rows, self.ready = self.ready, []

@@ -23,15 +23,12 @@ class Prefill(EngineRole):
 
     def push(self, batch: pa.RecordBatch, attachments=None) -> None:
         for row in self._new_rows(batch):
-            err = admit(self.engine, row, self.context.replica) if not row.get("images") else {
-                "error": "multi_modal_data: a prefill/decode graph does not carry images (decode recomputes "
-                "prompts without them); use graphs.builtin.multimodal or colocated"
-            }
-            if err is not None:  # errors travel on as finished rows
-                self.ready.append(
-                    {"request_id": row["request_id"], "index": 0, "prompt_token_ids": [], "finished": True,
-                     "finish_reason": "error", "error": err["error"]}
-                )
+            error = admit(self.engine, row) if not row.get("images") else (
+                "multi_modal_data: a prefill/decode graph does not carry images (decode recomputes "
+                "prompts without them); use graphs.multimodal or colocated"
+            )
+            if error is not None:  # errors travel on as finished rows
+                self._fail(row["request_id"], error)
 
     def poll(self) -> list[Emission]:
         rows = self._take_ready()

@@ -33,20 +33,6 @@ def to_batch(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist(rows, schema=schema)
 
 
-def error_row(request_id: str, message: str, producer: int = 0) -> dict:
-    """A TOKENS row that ends a request which could not run."""
-    return {
-        "request_id": request_id,
-        "index": 0,
-        "seq": 0,
-        "new_token_ids": [],
-        "finished": True,
-        "finish_reason": "error",
-        "producer": producer,
-        "error": message,
-    }
-
-
 class TokenStream:
     """What each completion has sent downstream so far; turns new tokens into TOKENS rows.
     Row `seq` numbers count 0, 1, 2 ... per (request_id, index): the exactly-once key."""
