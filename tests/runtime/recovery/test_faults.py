@@ -1,4 +1,4 @@
-"""Fault tests on a deployed graph (RELIABILITY.md faults 1-3): replicas crash while
+"""Fault tests on a deployed graph (docs/reliability.md faults 1-3): replicas crash while
 processing, inside a snapshot, inside a restore; every request completes exactly once with
 the tokens of the no-fault run, a checkpoint cut short is replaced by a later complete one,
 and old checkpoint files are deleted.
@@ -16,7 +16,8 @@ import pytest
 
 from tideflow.graphs.builtin import disaggregated
 from tideflow.runtime.recovery.checkpoint_store import CheckpointStore
-from tideflow.runtime.recovery.settings import FaultSpec, recovery_config, seeded_faults
+from tideflow.runtime.recovery.faults import FaultSpec, seeded_faults
+from tideflow.runtime.recovery.settings import recovery_config
 from tideflow.runtime.recovery.request_log import read_log
 
 from tests.graphs.parity import mixed_requests, reference_tokens
@@ -83,7 +84,7 @@ def test_crashes_in_every_phase_lose_and_duplicate_nothing(ray_session, deployed
     prompts, params, reference = workload
     half = len(prompts) // 2
 
-    async def stream(i):  # streams survive the crashes too (RELIABILITY.md fault 4)
+    async def stream(i):  # streams survive the crashes too (docs/reliability.md fault 4)
         last = None
         async for last in handle.submit(prompts[i], params[i]):
             pass

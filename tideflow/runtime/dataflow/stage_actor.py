@@ -26,7 +26,7 @@ the coordinator. Ray restarts a crashed replica (`max_restarts`) and retries the
 was running (`max_task_retries`), `run` included: the constructor then fetches the wiring,
 restores the last completed checkpoint and queues the logged inputs of later epochs in
 front of anything new. Epochs and alignment: `tideflow.runtime.recovery.barriers`; settings
-and fault injection: `tideflow.runtime.recovery.settings`.
+`tideflow.runtime.recovery.settings`; fault injection: `tideflow.runtime.recovery.faults`.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class StageActor:
             import ray
 
             from tideflow.runtime.recovery.checkpoint_store import CheckpointStore, replica_name
-            from tideflow.runtime.recovery.settings import FaultInjector
+            from tideflow.runtime.recovery.faults import FaultInjector
 
             self.store = CheckpointStore(recovery.checkpoint_dir)
             self.file_name = replica_name(context.stage, context.replica)
