@@ -54,6 +54,8 @@ def test_deployed_graph_equals_engine_and_streams(ray_session, model, workload, 
         stats = handle.stats()
         engine_stage = "engine" if name == "colocated" else "decode"
         assert sum(r["batches_in"] for r in stats[engine_stage]) > 0
+        # recovery is on by default: every replica holds the real recovery hooks
+        assert all(r["recovery_hooks"] == "RecoveryHooks" for s in handle.graph.stages for r in stats[s.name])
         assert stats["collector"] == {"in_flight": 0, "dead": []}
     finally:
         handle.shutdown()

@@ -15,13 +15,14 @@ import pytest
 import ray
 
 from tideflow.runtime.dataflow.role import Emission, StageContext, StageRole
-from tideflow.runtime.dataflow.stage_actor import StageActor, Wiring
+from tideflow.runtime.dataflow.stage_host import StageHost
+from tideflow.runtime.dataflow.wiring import Wiring
 
 SCHEMA = pa.schema([("request_id", pa.string())])
 
 
 class Idle(StageRole):
-    """A role that never has work of its own: the tests drive `_send` directly."""
+    """A role that never has work of its own: the tests drive the replica's sender directly."""
 
     produces = SCHEMA
 
@@ -40,7 +41,7 @@ class Receiver:
         self.push = SimpleNamespace(remote=self._push)
         self.fail = SimpleNamespace(remote=lambda rids, message: log.append(("fail", name, rids)))
 
-    def _push(self, batch, refs=None):
+    def _push(self, batch, refs=None, sender=None):
         rids = batch.column("request_id").to_pylist()
         self.log.append(("push", self.name, rids))
         return SimpleNamespace(receiver=self, rids=rids)
@@ -61,16 +62,16 @@ def log(monkeypatch) -> list:
     return events
 
 
-def stage(downstream: list[Receiver] | None, collector: Receiver, sink: Receiver | None = None) -> StageActor:
-    actor = StageActor(Idle, StageContext("g", "s"), inbox_size=2)
+def stage(downstream: list[Receiver] | None, collector: Receiver, sink: Receiver | None = None) -> StageHost:
+    actor = StageHost(Idle, StageContext("g", "s"), inbox_size=2)
     actor.connect(Wiring(downstream={"d": downstream} if downstream else {},
                          routing={"d": "least_loaded"} if downstream else {},
                          upstream={}, sink=sink, collector=collector))
     return actor
 
 
-def emit(actor: StageActor, *rids: str) -> None:
-    actor._send([Emission(pa.RecordBatch.from_pylist([{"request_id": r} for r in rids], schema=SCHEMA))])
+def emit(actor: StageHost, *rids: str) -> None:
+    actor.sender.send([Emission(pa.RecordBatch.from_pylist([{"request_id": r} for r in rids], schema=SCHEMA))])
 
 
 @pytest.mark.parametrize("to_sink", [False, True])
@@ -82,8 +83,8 @@ def test_one_push_in_flight_per_destination_awaited_before_the_next(log, to_sink
     emit(actor, "d")
     assert log == [("push", "r", ["a"]), ("get", "r", ["a"]), ("push", "r", ["b", "c"]),
                    ("get", "r", ["b", "c"]), ("push", "r", ["d"])]
-    actor._flush()
-    assert log[-1] == ("get", "r", ["d"]) and actor.in_flight == {}
+    actor.sender.flush()
+    assert log[-1] == ("get", "r", ["d"]) and actor.sender.in_flight == {}
 
 
 def test_a_receiver_found_dead_fails_its_rows_and_later_rows_go_around_it(log):
@@ -107,7 +108,7 @@ def test_the_loop_awaits_its_pushes_before_it_idles(log):
     waiter = threading.Thread(target=lambda: result.append(actor._next_work()))
     waiter.start()  # nothing to do: flushes, then waits for work
     deadline = time.monotonic() + 10
-    while actor.in_flight and time.monotonic() < deadline:
+    while actor.sender.in_flight and time.monotonic() < deadline:
         time.sleep(0.01)
     actor.abort([("a", None)])  # work arrives
     waiter.join(timeout=10)
@@ -119,7 +120,7 @@ def test_an_attachment_whose_producer_died_is_left_out_for_the_role_to_recompute
     """A prefill replica that dies after sending KV by reference owns those objects: the
     decode replica that fetches them later gets `OwnerDiedError`, and must recompute (it
     treats a missing KV as a replay) instead of failing its whole loop."""
-    from tideflow.runtime.dataflow.stage_actor import _resolve
+    from tideflow.runtime.dataflow.attachments import resolve as _resolve
 
     @ray.remote(num_cpus=0)
     class Producer:

@@ -16,7 +16,8 @@ import pytest
 
 from tideflow.graphs.builtin import disaggregated
 from tideflow.runtime.recovery.checkpoint_store import CheckpointStore
-from tideflow.runtime.recovery.settings import FaultSpec, recovery_config, seeded_faults
+from tideflow.runtime.recovery.faults import FaultSpec, seeded_faults
+from tideflow.runtime.recovery.settings import recovery_config
 from tideflow.runtime.recovery.request_log import read_log
 
 from tests.graphs.parity import mixed_requests, reference_tokens

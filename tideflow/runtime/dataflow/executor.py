@@ -1,7 +1,7 @@
 """Deploying a graph onto Ray actors, and the handle clients use.
 
 `deploy(graph)` starts (or joins) Ray, compiles the graph against the live cluster, starts
-one `StageActor` per replica (named `{graph}/{stage}/{index}` in the `tideflow` namespace),
+one `StageHost` actor per replica (named `{graph}/{stage}/{index}` in the `tideflow` namespace),
 wires each to the replicas downstream, starts their loops, and starts the collector that
 is the graph's sink and watches every replica.
 """
@@ -19,6 +19,7 @@ from tideflow.runtime.dataflow.router import Router
 from tideflow.outputs import RequestOutput
 from tideflow.runtime.dataflow.collector import OutputDelta, RequestError, copy_output, empty_output
 from tideflow.runtime.dataflow.ingress import normalize, request_batch, request_row
+from tideflow.runtime.dataflow.wiring import Wiring
 from tideflow.runtime.parallel.placement import release, replica_placement
 
 NAMESPACE = "tideflow"
@@ -52,8 +53,8 @@ def deploy(
     import ray
 
     from tideflow.runtime.dataflow.collector_actor import CollectorActor
+    from tideflow.runtime.dataflow.stage_host import StageHost
     from tideflow.runtime.recovery.settings import recovery_config
-    from tideflow.runtime.dataflow.stage_actor import StageActor
 
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, **(ray_init or {}))
@@ -75,7 +76,7 @@ def deploy(
         coordinator = ray.remote(CheckpointCoordinator).options(
             name=f"{compiled.name}/checkpoints", namespace=NAMESPACE, num_cpus=0, max_concurrency=1000
         ).remote(config)
-    launcher = ReplicaLauncher(compiled, StageActor, config, inbox_size)
+    launcher = ReplicaLauncher(compiled, StageHost, config, inbox_size, coordinator)
     actors: dict[str, dict[int, object]] = {
         spec.name: {i: launcher.start(spec.name, i) for i in range(spec.replicas)} for spec in compiled.stages
     }
@@ -83,7 +84,7 @@ def deploy(
         name=f"{compiled.name}/collector", namespace=NAMESPACE, num_cpus=0, max_concurrency=1000
     ).remote()
     wirings = {
-        f"{stage}/{i}": launcher.wiring(stage, actors, collector, coordinator)
+        f"{stage}/{i}": launcher.wiring(stage, actors, collector)
         for stage, handles in actors.items() for i in handles
     }
     refs = [actors[name.split("/")[0]][int(name.split("/")[1])].connect.remote(w) for name, w in wirings.items()]
@@ -131,13 +132,14 @@ def _flat(actors: dict) -> dict:
 class ReplicaLauncher:
     """Starts stage replicas and builds their wiring; kept by the handle for rescaling."""
 
-    def __init__(self, compiled, stage_cls, recovery, inbox_size: int | None):
+    def __init__(self, compiled, stage_cls, recovery, inbox_size: int | None, coordinator=None):
         import ray
 
         self.compiled = compiled
         self.remote_cls = ray.remote(stage_cls)
-        self.recovery = recovery
+        self.recovery = recovery  # RecoveryConfig, None: off
         self.inbox_size = inbox_size
+        self.coordinator = coordinator  # the checkpoint coordinator every replica reports to (None: recovery off)
         self.groups: dict[tuple[str, int], object] = {}  # (stage, replica) -> its placement group
 
     def start(self, stage: str, replica: int):
@@ -155,16 +157,14 @@ class ReplicaLauncher:
             self.groups[(stage, replica)] = group
         context = StageContext(self.compiled.name, stage, replica, role_options(spec))
         return self.remote_cls.options(name=name, **opts, **placement).remote(
-            role_target(self.compiled.roles[stage]), context, queue, self.recovery
+            role_target(self.compiled.roles[stage]), context, queue, self.recovery, self.coordinator
         )
 
     def release(self, stage: str, replica: int) -> None:
         """Give back the placement group of a replica that was killed (sharded stages only)."""
         release(self.groups.pop((stage, replica), None))
 
-    def wiring(self, stage: str, actors: dict, collector, coordinator):
-        from tideflow.runtime.dataflow.stage_actor import Wiring
-
+    def wiring(self, stage: str, actors: dict, collector) -> Wiring:
         compiled = self.compiled
         spec = compiled.stage(stage)
         return Wiring(
@@ -174,7 +174,6 @@ class ReplicaLauncher:
             sink=collector if stage == compiled.sink else None,
             collector=collector,
             block_size=int(spec.options_dict.get("block_size", 16)),
-            coordinator=coordinator,
         )
 
 

@@ -42,7 +42,7 @@ def rescale(handle, stage: str, replicas: int, timeout: float = 120.0) -> None:
     else:
         _shrink(handle, stage, len(current) - replicas, launcher, actors, timeout)
     if coordinator is not None:
-        wirings = {f"{s}/{i}": launcher.wiring(s, actors, handle.collector, coordinator) for s, hs in actors.items() for i in hs}
+        wirings = {f"{s}/{i}": launcher.wiring(s, actors, handle.collector) for s, hs in actors.items() for i in hs}
         replicas_now = {f"{s}/{i}": a for s, hs in actors.items() for i, a in hs.items()}
         ray.get(coordinator.set_topology.remote(replicas_now, [f"{compiled.source}/{i}" for i in actors[compiled.source]], wirings))
     if stage == compiled.source:
@@ -60,7 +60,7 @@ def _rewire_neighbours(handle, stage: str, launcher, actors) -> None:
 
     compiled = handle.graph
     calls = [
-        a.rewire.remote(launcher.wiring(s, actors, handle.collector, handle.coordinator))
+        a.rewire.remote(launcher.wiring(s, actors, handle.collector))
         for s in _neighbours(compiled, stage) for a in actors[s].values()
     ]
     if not all(ray.get(calls)):
@@ -74,7 +74,7 @@ def _grow(handle, stage: str, count: int, launcher, actors) -> None:
     new = {i: launcher.start(stage, i) for i in range(first, first + count)}
     handle._next_index[stage] = first + count
     actors[stage].update(new)
-    ray.get([a.connect.remote(launcher.wiring(stage, actors, handle.collector, handle.coordinator)) for a in new.values()])
+    ray.get([a.connect.remote(launcher.wiring(stage, actors, handle.collector)) for a in new.values()])
     runs = {f"{handle.graph.name}/{stage}/{i}": [a.run.remote()] for i, a in new.items()}
     handle._runs.update(runs)
     handle.collector.watch.remote(runs)
@@ -86,7 +86,7 @@ def _shrink(handle, stage: str, count: int, launcher, actors, timeout: float) ->
 
     victims = {i: actors[stage].pop(i) for i in sorted(actors[stage])[-count:]}
     upstream = handle.graph.upstream(stage)
-    calls = [a.rewire.remote(launcher.wiring(s, actors, handle.collector, handle.coordinator)) for s in upstream for a in actors[s].values()]
+    calls = [a.rewire.remote(launcher.wiring(s, actors, handle.collector)) for s in upstream for a in actors[s].values()]
     if not all(ray.get(calls)):
         raise TimeoutError(f"rescaling {stage!r}: an upstream replica did not stop routing to the removed ones")
     deadline = time.monotonic() + timeout
@@ -105,7 +105,7 @@ def _shrink(handle, stage: str, count: int, launcher, actors, timeout: float) ->
         ray.kill(a)
         launcher.release(stage, i)
     downstream = handle.graph.downstream(stage)
-    calls = [a.rewire.remote(launcher.wiring(s, actors, handle.collector, handle.coordinator)) for s in downstream for a in actors[s].values()]
+    calls = [a.rewire.remote(launcher.wiring(s, actors, handle.collector)) for s in downstream for a in actors[s].values()]
     ray.get(calls)
 
 

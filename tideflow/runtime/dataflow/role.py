@@ -1,7 +1,7 @@
 """What every stage role implements, and the registry that names them.
 
 A role is plain Python: it runs the same in-process (`Graph.run`) and inside a Ray actor
-(`Graph.deploy`), where `tideflow.runtime.dataflow.stage_actor` hosts it. It declares the Arrow schema it
+(`Graph.deploy`), where `tideflow.runtime.dataflow.stage_host` hosts it. It declares the Arrow schema it
 consumes and the one it produces; the graph compiler checks that the two ends of every edge
 agree.
 """

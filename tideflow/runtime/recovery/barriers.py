@@ -6,8 +6,8 @@ inputs are tagged with the id of the last barrier it delivered (its epoch): the 
 files inputs by that tag, so a snapshot at checkpoint N covers exactly the inputs tagged
 below N. While barrier N is being aligned, input from a sender that already delivered it is
 held back; once every sender has, the snapshot is due. Aborted checkpoints (and those older
-than the state the replica holds) are ignored. Not thread-safe: the stage actor calls it
-under its lock.
+than the state the replica holds) are ignored. Not thread-safe: the replica's recovery hooks
+(`tideflow.runtime.recovery.replica_hooks`) call it under the replica's lock.
 """
 
 from __future__ import annotations

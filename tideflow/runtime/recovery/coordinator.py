@@ -9,7 +9,7 @@ marker and deletes older checkpoints and log segments. A checkpoint still open a
 every replica is told to stop aligning it, and the next one starts later.
 
 It also keeps each replica's wiring, which a restarted replica fetches (Ray re-runs only
-the constructor).
+the constructor). Replicas know the coordinator by the handle they were constructed with.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tideflow.runtime.recovery.barriers import INGRESS, Barrier
+from tideflow.runtime.recovery.barriers import INGRESS
 from tideflow.runtime.recovery.checkpoint_store import CheckpointStore
 from tideflow.runtime.recovery.settings import RecoveryConfig
 
@@ -85,7 +85,7 @@ class CheckpointCoordinator:
         self.pending, self.waiting = cid, set(self.replicas)
         self.started = self.last = time.monotonic()
         for name in self.sources:
-            self.replicas[name].push.remote(Barrier(cid), None, INGRESS)
+            self.replicas[name].barrier.remote(cid, INGRESS)
         return cid
 
     async def ack(self, checkpoint_id: int, name: str) -> None:
