@@ -14,6 +14,7 @@ from tideflow.actors.engine import Engine as EngineRoleClass
 from tideflow.graphs.builtin import disaggregated
 from tideflow.runtime.dataflow.inprocess import InProcessGraph
 from tideflow.runtime.dataflow.role import StageContext
+from tideflow.runtime.dataflow.stage_config import parse_stage_config
 from tideflow.runtime.edges import schemas
 from tideflow.runtime.edges.rows import to_batch
 from tideflow.runtime.engine.api import api_members
@@ -42,7 +43,7 @@ class PublicOnly:
 def public_engines(monkeypatch):
     """Every engine a role builds in this test comes behind `PublicOnly`."""
     build = engine_role.build_engine
-    monkeypatch.setattr(engine_role, "build_engine", lambda options: PublicOnly(build(options)))
+    monkeypatch.setattr(engine_role, "build_engine", lambda config: PublicOnly(build(config)))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def _tokenized(rid: str, ids: list[int], sp: SamplingParams) -> dict:
 
 
 def test_the_private_parts_are_out_of_reach(tiny_model_dir, public_engines):
-    role = EngineRoleClass(StageContext("g", "engine", 0, {"model": tiny_model_dir("llama"), "dtype": "float32"}))
+    role = EngineRoleClass(StageContext("g", "engine", 0, parse_stage_config("engine", {"model": tiny_model_dir("llama"), "dtype": "float32"})))
     assert isinstance(role.engine, PublicOnly)
     for name in ("scheduler", "runner", "blocks", "requests"):
         with pytest.raises(AttributeError, match="not part of EngineAPI"):
@@ -71,7 +72,7 @@ def test_the_private_parts_are_out_of_reach(tiny_model_dir, public_engines):
 
 def test_engine_role_through_the_public_api(case, public_engines):
     model, prompts, params, reference = case
-    context = StageContext("g", "engine", 0, {"model": model, "dtype": "float64", "max_num_seqs": 3})
+    context = StageContext("g", "engine", 0, parse_stage_config("engine", {"model": model, "dtype": "float64", "max_num_seqs": 3}))
     role = EngineRoleClass(context)
     ids = [f"r{i}" for i in range(len(prompts))]
     extra = "aborted"

@@ -33,7 +33,7 @@ class Decode(EngineRole):
         self.stream = TokenStream(context.replica)
         self.pending: deque[tuple[Sequence, tuple]] = deque()  # prefilled, waiting for blocks
         self.seqs: dict[tuple[str, int], Sequence] = {}  # (request_id, index) -> live sequence
-        self.checkpoint_kv = bool(context.options.get("checkpoint_kv", False))
+        self.checkpoint_kv = context.config.stage.checkpoint_kv
 
     def _known(self, key: tuple[str, int]) -> bool:
         return key in self.seqs or key in self.done or any((s.request_id, s.index) == key for s, _ in self.pending)

@@ -35,13 +35,15 @@ class Detokenizer(StageRole):
     consumes = schemas.TOKENS
     produces = schemas.OUTPUTS
     routing = "sticky"  # all rows of a request reach the same replica
+    requires_model = True
+    takes_extra_options = False
 
     def __init__(self, context: StageContext):
         super().__init__(context)
         from tideflow.models import load_tokenizer
 
-        opts = context.options
-        tokenizer = load_tokenizer(opts.get("tokenizer") or opts["model"], opts.get("trust_remote_code", False))
+        model = context.config.model
+        tokenizer = load_tokenizer(model.tokenizer or model.model, model.trust_remote_code)
         self.detok = IncrementalDetokenizer(tokenizer)
         self.live: dict[tuple[str, int], _Completion] = {}
         self.finished: dict[tuple[str, int], None] = {}  # insertion-ordered, bounded

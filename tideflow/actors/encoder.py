@@ -19,13 +19,11 @@ import time
 import pyarrow as pa
 
 from tideflow.runtime.dataflow.role import Emission, StageContext, StageRole
-from tideflow.actors.engine_role import features_key
+from tideflow.actors.engine_role import features_key, set_threads
 from tideflow.runtime.edges.rows import to_batch
 from tideflow.runtime.edges import schemas
 from tideflow.runtime.engine.feature_cache import FeatureCache
 from tideflow.runtime.engine.core.images import IMAGE_FIELD, image_hash
-
-DEFAULT_CACHE_SIZE = 1024  # images whose features one replica keeps
 
 
 class Encoder(StageRole):
@@ -33,21 +31,21 @@ class Encoder(StageRole):
     produces = schemas.TOKENIZED
     needs_model = True
     routing = "image"
+    requires_model = True
+    takes_extra_options = False
 
     def __init__(self, context: StageContext):
         super().__init__(context)
         from tideflow.models.vision import ImageEncoder
 
-        opts = context.options
-        if "num_threads" in opts:
-            import torch
-
-            torch.set_num_threads(int(opts["num_threads"]))
+        config = context.config
+        set_threads(config)
+        model = config.model
         self.encoder = ImageEncoder.load(
-            opts["model"], dtype=opts.get("dtype", "auto"), device=opts.get("device", "cpu"),
-            trust_remote_code=opts.get("trust_remote_code", False),
+            model.model, dtype=model.dtype, device=config.engine.parallel.device,
+            trust_remote_code=model.trust_remote_code,
         )
-        self.cache = FeatureCache(int(opts.get("encoder_cache_size", DEFAULT_CACHE_SIZE)))
+        self.cache = FeatureCache(config.stage.encoder_cache_size)
         self.pending: list[dict] = []  # rows pushed since the last poll
         self.num_images = 0  # image occurrences seen
         self.encode_s = 0.0  # seconds in the vision tower

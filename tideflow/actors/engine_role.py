@@ -1,5 +1,5 @@
-"""What the engine-owning roles (Engine, Prefill, Decode) share: building the engine from stage
-options, admitting tokenized rows, capacity and load, stats, and the engine's part of a
+"""What the engine-owning roles (Engine, Prefill, Decode) share: building the engine from the
+stage's parsed config, admitting tokenized rows, capacity and load, stats, and the engine's part of a
 snapshot. Each role keeps only what differs: what it does with a step's output.
 
 Roles use their engine through `tideflow.runtime.engine.api.EngineAPI` only, and step it
@@ -15,46 +15,40 @@ from typing import ClassVar
 import pyarrow as pa
 
 from tideflow.runtime.dataflow.role import StageContext, StageRole
+from tideflow.runtime.dataflow.stage_config import StageConfig
 from tideflow.runtime.edges import schemas
 from tideflow.runtime.edges.error_rows import error_row
 from tideflow.runtime.engine.api import EngineAPI
 from tideflow.runtime.engine.driver import EngineDriver
 from tideflow.runtime.recovery.snapshot_codec import KeyMemory, requests_state, restore_requests
 
-# options that describe the stage, not the engine
-_STAGE_OPTIONS = ("model", "num_threads", "max_pending", "checkpoint_kv")
-
-
 def features_key(request_id: str) -> str:
     """The attachment key of a request's image features (an encoder stage sends them)."""
     return f"{request_id}/0"
 
 
-def capacity(options: dict) -> int:
-    """Requests an engine-owning role holds before it stops taking input (`max_pending`;
-    default twice the running-sequence limit)."""
-    return int(options.get("max_pending", 2 * options.get("max_num_seqs", 64)))
-
-
-def build_engine(options: dict) -> EngineAPI:
-    """An engine (no detokenizer: text is the detokenizer stage's job) from stage options.
-    `expert_*` options (`expert_actors=K` ...) move the MoE experts onto K expert actors
-    started beside the engine (tideflow.runtime.parallel.expert_parallel), attached with
-    `attach_experts`."""
-    from tideflow.config import engine_config, expert_parallel_config
+def build_engine(config: StageConfig) -> EngineAPI:
+    """An engine (no detokenizer: text is the detokenizer stage's job) from the stage's
+    `EngineConfig`. With an expert-parallel part (`expert_actors=K` ...) the MoE experts move
+    onto K expert actors started beside the engine (tideflow.runtime.parallel.expert_parallel),
+    attached with `attach_experts`."""
     from tideflow.runtime.parallel.engines import create_engine
 
-    if "num_threads" in options:
-        import torch
-
-        torch.set_num_threads(int(options["num_threads"]))
-    experts, engine_options = expert_parallel_config({k: v for k, v in options.items() if k not in _STAGE_OPTIONS})
-    engine = create_engine(engine_config(options["model"], **engine_options), detokenize=False)
-    if experts is not None:
+    set_threads(config)
+    engine = create_engine(config.engine, detokenize=False)
+    if config.experts is not None:
         from tideflow.runtime.parallel.expert_parallel import start_expert_parallel
 
-        engine.attach_experts(start_expert_parallel(engine, experts))
+        engine.attach_experts(start_expert_parallel(engine, config.experts))
     return engine
+
+
+def set_threads(config: StageConfig) -> None:
+    """Give this process the stage's `num_threads` torch threads (when it sets them)."""
+    if config.stage.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.stage.num_threads)
 
 
 def admit(engine: EngineAPI, row: dict, attachments: dict | None = None) -> str | None:
@@ -83,6 +77,8 @@ class EngineRole(StageRole):
     """A role that owns an engine. Subclasses implement `push` and `poll` (and `abort`)."""
 
     needs_model = True
+    requires_model = True
+    takes_extra_options = False
     # True: the role admits whole requests (engine, prefill); `done` holds request ids and a
     # snapshot carries the engine's requests and generator. False (decode): it adopts single
     # completions, which it tracks and snapshots itself, keyed (request_id, index).
@@ -90,8 +86,8 @@ class EngineRole(StageRole):
 
     def __init__(self, context: StageContext):
         super().__init__(context)
-        self.engine = build_engine(context.options)
-        self.capacity = capacity(context.options)
+        self.engine = build_engine(context.config)
+        self.capacity = context.config.max_pending  # requests held before input waits
         self.ready: list[dict] = []  # rows to send before the next step (errors, pass-throughs)
         self.done = KeyMemory()  # what finished here: replayed or late input for it is dropped
         self.driver = EngineDriver(self.engine, done=self.done if self.holds_requests else None)

@@ -17,15 +17,17 @@ class Tokenizer(StageRole):
     consumes = schemas.REQUESTS
     produces = schemas.TOKENIZED
     routing = "least_loaded"
+    requires_model = True
+    takes_extra_options = False
 
     def __init__(self, context: StageContext):
         super().__init__(context)
         from tideflow.runtime.engine.prompt_processor import PromptProcessor
 
-        opts = context.options
+        model = context.config.model
         self.prompts = PromptProcessor.load(
-            opts["model"], tokenizer=opts.get("tokenizer"), max_model_len=opts.get("max_model_len"),
-            trust_remote_code=opts.get("trust_remote_code", False),
+            model.model, tokenizer=model.tokenizer, max_model_len=model.max_model_len,
+            trust_remote_code=model.trust_remote_code,
         )
         self.pending: list[pa.RecordBatch] = []  # TOKENIZED batches to send
 

@@ -97,8 +97,9 @@ def generator_spec(model_or_graph, *, prompt_column=None, messages_column=None, 
     options = dict(engine_options or {})
     handle = None
     if hasattr(model_or_graph, "generate") and hasattr(model_or_graph, "graph"):  # a deployed GraphHandle
-        handle, model = model_or_graph, _graph_model(model_or_graph.graph)
-        options = {k: v for k, v in _graph_engine_options(model_or_graph.graph).items() if k in ("tokenizer", "max_model_len")}
+        loaded = _graph_model_config(model_or_graph.graph)
+        handle, model = model_or_graph, loaded.model
+        options = {k: v for k, v in (("tokenizer", loaded.tokenizer), ("max_model_len", loaded.max_model_len)) if v is not None}
     elif hasattr(model_or_graph, "compile"):
         raise ValueError("model_or_graph: deploy the graph first (handle = graph.deploy()) and pass the handle")
     elif isinstance(model_or_graph, (str, os.PathLike)):
@@ -130,13 +131,11 @@ def _pool_size(concurrency) -> int | tuple[int, int]:
     raise ValueError(f"concurrency must be a positive int or (min, max) with 1 <= min <= max, got {concurrency!r}")
 
 
-def _graph_engine_options(compiled) -> dict:
-    """The options of the graph's model stage (the one with a `dtype` or the most options)."""
-    stages = [s for s in compiled.stages if "model" in s.options_dict]
+def _graph_model_config(compiled):
+    """What the graph's model stage loads (`ModelConfig`): the stage that names a model with
+    the most options (the engine stage, not the tokenizer's)."""
+    stages = [s for s in compiled.stages if compiled.configs[s.name].engine is not None]
     if not stages:
         raise ValueError(f"model_or_graph: graph {compiled.name!r} has no stage with a 'model' option")
-    return max(stages, key=lambda s: len(s.options_dict)).options_dict
+    return compiled.configs[max(stages, key=lambda s: len(s.options)).name].model
 
-
-def _graph_model(compiled) -> str:
-    return _graph_engine_options(compiled)["model"]

@@ -3,8 +3,9 @@
 The checks, in order (the first failure raises ValueError naming the stage or edge):
 the graph has stages; every edge names existing stages; there is no cycle; one source
 reaches every stage and every stage reaches one sink; every actor class resolves; each
-edge's produced schema equals the consumed one; some node of the cluster can hold one shard
-of each stage. Nothing here starts Ray or imports torch unless asked for this machine's GPUs.
+stage's options parse into a `StageConfig` (known options, right types and values, a model
+where the role reads one); each edge's produced schema equals the consumed one; some node of
+the cluster can hold one shard of each stage. Nothing here starts Ray or imports torch unless asked for this machine's GPUs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from tideflow.actors.registry import resolve_role
-from tideflow.runtime.dataflow.role import StageRole
+from tideflow.runtime.dataflow.role import StageContext, StageRole
+from tideflow.runtime.dataflow.stage_config import StageConfig, parse_stage_config
 from tideflow.graphs.graph import EdgeSpec, Graph, StageSpec
 from tideflow.runtime.edges.schemas import schema_name
 
@@ -33,6 +35,7 @@ class CompiledGraph:
     stages: tuple[StageSpec, ...]  # topological order, ties in insertion order; stages[0] is the source
     edges: tuple[EdgeSpec, ...]  # insertion order
     roles: dict[str, type[StageRole]]  # stage name -> resolved role class
+    configs: dict[str, StageConfig]  # stage name -> its options, parsed
     source: str  # the one stage with no incoming edge (fed by the graph's ingress)
     sink: str  # the one stage with no outgoing edge (its batches are the graph's output)
     edge_schemas: dict[tuple[str, str], pa.Schema]  # (src, dst) -> schema on that edge
@@ -42,6 +45,11 @@ class CompiledGraph:
             if spec.name == name:
                 return spec
         raise KeyError(f"graph {self.name!r} has no stage {name!r}")
+
+    def context(self, stage: str, replica: int) -> StageContext:
+        """What replica `replica` of `stage` is built with: where it runs and its parsed options."""
+        self.stage(stage)
+        return StageContext(self.name, stage, replica, self.configs[stage])
 
     def edge(self, src: str, dst: str) -> EdgeSpec:
         for edge in self.edges:
@@ -72,6 +80,8 @@ class CompiledGraph:
             demand = ", ".join(f"{k}={_num(v)}" for k, v in spec.demand().items()) or "-"
             rows.append((spec.name, spec.actor, str(spec.replicas), str(spec.shards), demand))
         lines += _table(rows)
+        lines += ["", "options (parsed; defaults left out):"]
+        lines += _table([(spec.name, self.configs[spec.name].describe()) for spec in self.stages])
         lines += ["", "edges:"]
         rows = [("edge", "queue", "schema", "fields")]
         for edge in self.edges:
@@ -127,6 +137,8 @@ def compile_graph(graph: Graph, cluster: list[dict[str, float]] | None = None) -
         except ValueError as exc:
             raise ValueError(f"stage {name!r}: {exc}") from None
 
+    configs = {name: _stage_config(stages[name], roles[name]) for name in order}
+
     edge_schemas: dict[tuple[str, str], pa.Schema] = {}
     for edge in edges:
         edge_schemas[(edge.src, edge.dst)] = _edge_schema(edge, roles[edge.src], roles[edge.dst])
@@ -145,10 +157,19 @@ def compile_graph(graph: Graph, cluster: list[dict[str, float]] | None = None) -
         stages=tuple(stages[name] for name in order),
         edges=edges,
         roles=roles,
+        configs=configs,
         source=source,
         sink=sink,
         edge_schemas=edge_schemas,
     )
+
+
+def _stage_config(spec: StageSpec, role: type[StageRole]) -> StageConfig:
+    """The stage's options parsed for its role; ValueError naming the stage and the option."""
+    config = parse_stage_config(spec.name, spec.options_dict, shards=spec.shards, extras=role.takes_extra_options)
+    if role.requires_model and config.engine is None:
+        raise ValueError(f"stage {spec.name!r}: {role.__qualname__} needs a 'model' option")
+    return config
 
 
 def _topological_order(graph: str, names: list[str], down: dict, up: dict) -> list[str]:

@@ -78,7 +78,9 @@ class StageSpec:
     resources: tuple[tuple[str, float], ...] = ()  # custom Ray resource -> amount per shard, sorted by name
     replicas: int = 1  # independent copies; the router spreads requests over them
     shards: int = 1  # actors that together hold one replica (tensor / expert parallel)
-    options: tuple[tuple[str, Any], ...] = ()  # role option -> value (model, engine options ...), sorted by key
+    # role option -> value (model, engine options ...), sorted by key; compile parses them into a
+    # StageConfig (tideflow.runtime.dataflow.stage_config), which is what the role reads
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         _check_name("stage", self.name)

@@ -244,14 +244,18 @@ def build_asgi_app(server: OpenAIServer):
 
 # -- helpers ------------------------------------------------------------------------------------
 def _model_info(config: ServeConfig, graph) -> ModelInfo:
-    """The model limits of `graph`: its tokenizer from the source stage's options, config.json
-    from the first stage that names a model, max_model_len from any stage that sets it."""
-    options = [spec.options_dict for spec in graph.stages]
-    source = options[0] if options else {}
-    model = config.model or next(o["model"] for o in options if o.get("model"))
-    max_len = next((o["max_model_len"] for o in options if o.get("max_model_len")), None)
-    return ModelInfo.load(config.served_model_name, str(model), tokenizer=source.get("tokenizer"),
-                          max_model_len=max_len, trust_remote_code=bool(source.get("trust_remote_code", False)))
+    """The model limits of `graph`: its tokenizer from the first stage's model config,
+    config.json from the first stage that names a model, max_model_len from any stage that
+    sets it (stages in the order the graph added them)."""
+    compiled = graph.compile()  # parses each stage's options (a bad one fails here, naming it)
+    models = [compiled.configs[spec.name].engine for spec in graph.stages]
+    models = [engine.model for engine in models if engine is not None]
+    first = compiled.configs[graph.stages[0].name].engine
+    source = first.model if first is not None else None
+    model = config.model or models[0].model
+    max_len = next((m.max_model_len for m in models if m.max_model_len), None)
+    return ModelInfo.load(config.served_model_name, str(model), tokenizer=source.tokenizer if source else None,
+                          max_model_len=max_len, trust_remote_code=source.trust_remote_code if source else False)
 
 
 async def _read_json(request) -> dict:

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from tideflow.runtime.dataflow.role import StageContext, role_target
+from tideflow.runtime.dataflow.role import role_target
 from tideflow.runtime.dataflow.router import Router
 from tideflow.outputs import RequestOutput
 from tideflow.runtime.dataflow.collector import OutputDelta, RequestError, copy_output, empty_output
@@ -107,21 +107,11 @@ def deploy(
     if request_log is not None:
         from tideflow.runtime.recovery.request_log import RequestLog
 
-        models = [s.options_dict["model"] for s in compiled.stages if "model" in s.options_dict]
+        models = [compiled.configs[s.name].model.model for s in compiled.stages if compiled.configs[s.name].engine]
         log = RequestLog(request_log, {"graph": compiled.name, "model": models[0] if models else None})
     return GraphHandle(
         compiled, actors, collector, runs, watch, coordinator=coordinator, recovery=config, launcher=launcher, request_log=log
     )
-
-
-def role_options(spec) -> dict:
-    """The options a stage's role gets: the spec's, plus `tensor_parallel_size=shards` when
-    the replica is split over shards (an engine-owning role then starts shards - 1 rank actors
-    beside itself; see tideflow.runtime.parallel.sharded_runner)."""
-    options = spec.options_dict
-    if spec.shards > 1:
-        options["tensor_parallel_size"] = spec.shards
-    return options
 
 
 def _flat(actors: dict) -> dict:
@@ -155,7 +145,9 @@ class ReplicaLauncher:
         placement, group = replica_placement(spec, name)
         if group is not None:
             self.groups[(stage, replica)] = group
-        context = StageContext(self.compiled.name, stage, replica, role_options(spec))
+        # a sharded stage's engine config has tensor_parallel_size = shards (compile set it): its
+        # role starts shards - 1 rank actors beside itself (tideflow.runtime.parallel.sharded_runner)
+        context = self.compiled.context(stage, replica)
         return self.remote_cls.options(name=name, **opts, **placement).remote(
             role_target(self.compiled.roles[stage]), context, queue, self.recovery, self.coordinator
         )
@@ -166,14 +158,13 @@ class ReplicaLauncher:
 
     def wiring(self, stage: str, actors: dict, collector) -> Wiring:
         compiled = self.compiled
-        spec = compiled.stage(stage)
         return Wiring(
             downstream={d: list(actors[d].values()) for d in compiled.downstream(stage)},
             routing={d: compiled.roles[d].routing for d in compiled.downstream(stage)},
             upstream={u: dict(actors[u]) for u in compiled.upstream(stage)},
             sink=collector if stage == compiled.sink else None,
             collector=collector,
-            block_size=int(spec.options_dict.get("block_size", 16)),
+            block_size=compiled.configs[stage].kv_block_size,
         )
 
 

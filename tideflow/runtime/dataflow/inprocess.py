@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 
-from tideflow.runtime.dataflow.role import AbortUpstream, StageContext
+from tideflow.runtime.dataflow.role import AbortUpstream
 from tideflow.runtime.dataflow.router import Router
 from tideflow.outputs import RequestOutput
 from tideflow.runtime.dataflow.collector import OutputCollector
@@ -20,11 +20,11 @@ class InProcessGraph:
     def __init__(self, compiled):
         self.graph = compiled
         self.roles = {
-            s.name: [compiled.roles[s.name](StageContext(compiled.name, s.name, i, s.options_dict)) for i in range(s.replicas)]
+            s.name: [compiled.roles[s.name](compiled.context(s.name, i)) for i in range(s.replicas)]
             for s in compiled.stages
         }
         self.routers = {
-            s.name: Router(s.replicas, compiled.roles[s.name].routing, block_size=s.options_dict.get("block_size", 16))
+            s.name: Router(s.replicas, compiled.roles[s.name].routing, block_size=compiled.configs[s.name].kv_block_size)
             for s in compiled.stages
         }
         self.collector = OutputCollector()

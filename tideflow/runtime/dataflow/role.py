@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from tideflow.runtime.dataflow.stage_config import StageConfig
+
 
 @dataclass(frozen=True)
 class StageContext:
@@ -23,7 +25,7 @@ class StageContext:
     graph: str  # graph name
     stage: str  # stage name
     replica: int = 0  # replica index within the stage
-    options: dict = field(default_factory=dict)  # role options from the graph (model, engine options ...)
+    config: StageConfig = field(default_factory=StageConfig)  # the stage's options, parsed by compile_graph
 
 
 @dataclass(slots=True)
@@ -52,6 +54,10 @@ class StageRole(ABC):
     produces: ClassVar[pa.Schema]
     needs_model: ClassVar[bool] = False  # holds model weights (placement may give it GPUs)
     routing: ClassVar[str] = "least_loaded"  # how upstream picks a replica: least_loaded | prefix | sticky
+    requires_model: ClassVar[bool] = False  # reads `config.model` (weights or just the tokenizer): compile needs `model`
+    # True: options no part of StageConfig knows reach the role as `config.extra` (custom
+    # roles); False (the built-in roles): such an option fails compile
+    takes_extra_options: ClassVar[bool] = True
 
     def __init__(self, context: StageContext):
         self.context = context
