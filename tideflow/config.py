@@ -9,6 +9,7 @@ changed config with `dataclasses.replace`, never mutate one.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 
 _DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
@@ -154,6 +155,9 @@ def engine_config(
         parallel=ParallelConfig(device, tensor_parallel_size),
         kernel_backend=kernel_backend,
     )
+
+
+ENGINE_OPTIONS = tuple(inspect.signature(engine_config).parameters)  # model, tokenizer, dtype ...: its keyword names
 
 
 

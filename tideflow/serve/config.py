@@ -8,7 +8,6 @@ by `ServeConfig.from_args`. Every field is checked in `__post_init__`; unknown k
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import re
 from collections.abc import Mapping
@@ -28,9 +27,9 @@ def builtin_graph_names() -> tuple[str, ...]:
 
 
 def _engine_option_names() -> frozenset[str]:
-    from tideflow.config import engine_config
+    from tideflow.config import ENGINE_OPTIONS
 
-    return frozenset(p for p in inspect.signature(engine_config).parameters if p != "model")
+    return frozenset(ENGINE_OPTIONS) - {"model"}
 
 
 @dataclass(frozen=True)

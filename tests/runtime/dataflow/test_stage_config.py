@@ -76,3 +76,17 @@ def test_a_custom_role_keeps_the_options_no_part_knows():
 def test_a_bad_option_names_the_stage_and_the_option(options, message):
     with pytest.raises(ValueError, match=message):
         parse_stage_config("eng", options, extras=False)
+
+
+def test_an_in_process_graph_runs_a_sharded_stage_whole():
+    """`shards` split a stage over actors when the graph is deployed; in one process the
+    stage runs unsharded, as it always did (no Ray is needed to run a graph in-process)."""
+    from tideflow.runtime.dataflow.inprocess import _unsharded
+    from tideflow.runtime.dataflow.role import StageContext
+
+    sharded = StageContext("g", "engine", 0, parse_stage_config("engine", {"model": "/m", "max_num_seqs": 8}, shards=2))
+    whole = _unsharded(sharded)
+    assert whole.config.engine.parallel.tensor_parallel_size == 1
+    assert whole.config.engine.scheduler == sharded.config.engine.scheduler and whole.stage == "engine"
+    plain = StageContext("g", "tok", 0, parse_stage_config("tok", {"model": "/m"}))
+    assert _unsharded(plain) is plain

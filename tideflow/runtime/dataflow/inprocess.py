@@ -7,9 +7,10 @@ order; passes repeat until every request has its final output.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
-from tideflow.runtime.dataflow.role import AbortUpstream
+from tideflow.runtime.dataflow.role import AbortUpstream, StageContext
 from tideflow.runtime.dataflow.router import Router
 from tideflow.outputs import RequestOutput
 from tideflow.runtime.dataflow.collector import OutputCollector
@@ -20,7 +21,7 @@ class InProcessGraph:
     def __init__(self, compiled):
         self.graph = compiled
         self.roles = {
-            s.name: [compiled.roles[s.name](compiled.context(s.name, i)) for i in range(s.replicas)]
+            s.name: [compiled.roles[s.name](_unsharded(compiled.context(s.name, i))) for i in range(s.replicas)]
             for s in compiled.stages
         }
         self.routers = {
@@ -82,3 +83,13 @@ def run_graph(compiled, prompts, sampling_params=None) -> list[RequestOutput]:
         return graph.generate(prompts, sampling_params)
     finally:
         graph.close()
+
+
+def _unsharded(context: StageContext) -> StageContext:
+    """One process runs every stage whole: a stage's `shards` split it over actors only when
+    the graph is deployed."""
+    engine = context.config.engine
+    if engine is None or engine.parallel.tensor_parallel_size == 1:
+        return context
+    engine = dataclasses.replace(engine, parallel=dataclasses.replace(engine.parallel, tensor_parallel_size=1))
+    return dataclasses.replace(context, config=dataclasses.replace(context.config, engine=engine))

@@ -18,7 +18,6 @@ frozen plain data: it travels to a stage actor by pickling.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import types
 import typing
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tideflow.config import (
+    ENGINE_OPTIONS,
     EXPERT_OPTIONS,
     EngineConfig,
     ExpertParallelConfig,
@@ -121,7 +121,6 @@ _ENGINE_TYPES.pop("return")
 _EXPERT_HINTS = typing.get_type_hints(ExpertParallelConfig)
 _EXPERT_TYPES = {option: _EXPERT_HINTS[name] for option, name in EXPERT_OPTIONS.items()}
 _STAGE_TYPES = typing.get_type_hints(StageOptions)
-ENGINE_OPTIONS = tuple(inspect.signature(engine_config).parameters)  # model, tokenizer, dtype ...
 KNOWN_OPTIONS = frozenset(ENGINE_OPTIONS) | frozenset(EXPERT_OPTIONS) | frozenset(_STAGE_TYPES)
 
 
