@@ -25,6 +25,11 @@ from tideflow.runtime.parallel.placement import release, replica_placement
 NAMESPACE = "tideflow"
 
 
+def coordinator_name(graph: str) -> str:
+    """The named actor of a deployed graph's checkpoint coordinator (in NAMESPACE)."""
+    return f"{graph}/checkpoints"
+
+
 def deploy(
     graph,
     address: str | None = None,
@@ -74,7 +79,7 @@ def deploy(
         from tideflow.runtime.recovery.coordinator import CheckpointCoordinator
 
         coordinator = ray.remote(CheckpointCoordinator).options(
-            name=f"{compiled.name}/checkpoints", namespace=NAMESPACE, num_cpus=0, max_concurrency=1000
+            name=coordinator_name(compiled.name), namespace=NAMESPACE, num_cpus=0, max_concurrency=1000
         ).remote(config)
     launcher = ReplicaLauncher(compiled, StageHost, config, inbox_size, coordinator)
     actors: dict[str, dict[int, object]] = {
@@ -149,7 +154,8 @@ class ReplicaLauncher:
         # role starts shards - 1 rank actors beside itself (tideflow.runtime.parallel.sharded_runner)
         context = self.compiled.context(stage, replica)
         return self.remote_cls.options(name=name, **opts, **placement).remote(
-            role_target(self.compiled.roles[stage]), context, queue, self.recovery, self.coordinator
+            role_target(self.compiled.roles[stage]), context, queue, self.recovery,
+            None if self.coordinator is None else (coordinator_name(self.compiled.name), NAMESPACE),
         )
 
     def release(self, stage: str, replica: int) -> None:

@@ -59,7 +59,8 @@ class StageHost:
     def __init__(self, role, context: StageContext, inbox_size: int, recovery=None, coordinator=None):
         """Host a `role` (a StageRole class or its "module:Class" target) for `context`'s
         replica. `recovery` (a RecoveryConfig, None: off) and `coordinator` (the graph's
-        checkpoint coordinator) choose the recovery hooks."""
+        checkpoint coordinator, or its (name, namespace): looked up here, so that Ray keeps no
+        constructor argument in the object store for a restart) choose the recovery hooks."""
         import warnings
 
         init_at = time.time()
@@ -85,6 +86,11 @@ class StageHost:
         self.busy_s = 0.0
         self.handlers = {"abort": self.role.abort, "rewire": self._rewire}  # control message -> handler
         self.sender = Sender(self.name)
+        if isinstance(coordinator, tuple):
+            import ray
+
+            name, namespace = coordinator
+            coordinator = ray.get_actor(name, namespace=namespace)
         self.hooks = replica_hooks(recovery, context.stage, context.replica, coordinator)
         self.hooks.attach(self)  # last: a restarted replica restores here
 
