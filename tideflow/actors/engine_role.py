@@ -22,6 +22,7 @@ from tideflow.runtime.engine.api import EngineAPI
 from tideflow.runtime.engine.driver import EngineDriver
 from tideflow.runtime.recovery.snapshot_codec import KeyMemory, requests_state, restore_requests
 
+
 def features_key(request_id: str) -> str:
     """The attachment key of a request's image features (an encoder stage sends them)."""
     return f"{request_id}/0"
