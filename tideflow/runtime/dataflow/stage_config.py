@@ -84,7 +84,8 @@ class StageConfig:
         """Requests an engine-owning role holds before it stops taking input."""
         if self.stage.max_pending is not None:
             return self.stage.max_pending
-        return 2 * (self.engine.scheduler.max_num_seqs if self.engine is not None else 64)
+        config = self.engine  # an EngineConfig (its `scheduler` is a SchedulerConfig, not an engine's part)
+        return 2 * (config.scheduler.max_num_seqs if config is not None else 64)
 
     @property
     def kv_block_size(self) -> int:
