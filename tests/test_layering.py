@@ -46,7 +46,7 @@ PACKAGE = ROOT / "tideflow"
 # Top to bottom: layer -> the packages in it. A package is a path under tideflow/ (a folder,
 # or one module file without ".py"); a module belongs to the longest package that holds it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("entrypoints", ("cli", "llm", "__init__", "replay", "serve", "batch", "bench")),
+    ("entrypoints", ("cli", "llm", "__init__", "replay", "engine_args", "serve", "batch", "bench")),
     ("graphs", ("graphs",)),
     ("actors", ("actors",)),
     ("runtime/dataflow", ("runtime/dataflow",)),

@@ -14,9 +14,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from tideflow.engine_args import engine_options
     from tideflow.serve.launcher import serve_forever
 
-    engine_options = {k: v for k, v in (("dtype", args.dtype), ("max_model_len", args.max_model_len)) if v is not None}
     config = {
         "model": args.model,
         "graph": args.graph,
@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
         "max_ongoing_requests": args.max_ongoing_requests,
         "max_queued_requests": args.max_queued_requests,
         "health_check_period_s": args.health_check_period_s,
-        "engine_options": engine_options,
+        "engine_options": engine_options(args),
     }
     try:
         return serve_forever(config, host=args.host, port=args.port, address=args.address)
@@ -37,8 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     from tideflow import SamplingParams
     from tideflow.batch import run_job
-
-    engine_options = {k: v for k, v in (("dtype", args.dtype), ("max_model_len", args.max_model_len)) if v is not None}
+    from tideflow.engine_args import engine_options
     try:
         try:
             concurrency = tuple(int(c) for c in args.concurrency.split(","))
@@ -53,7 +52,7 @@ def _batch(args: argparse.Namespace) -> int:
             args.input, args.output, args.model, prompt_column=args.prompt_column, messages_column=args.messages_column,
             id_column=args.id_column, sampling_params=params, max_tokens_column=args.max_tokens_column,
             concurrency=concurrency[0] if len(concurrency) == 1 else concurrency, batch_size=args.batch_size,
-            batches_per_actor=args.batches_per_actor, engine_options=engine_options, num_cpus=args.num_cpus,
+            batches_per_actor=args.batches_per_actor, engine_options=engine_options(args, seed=False), num_cpus=args.num_cpus,
             num_gpus=args.num_gpus,
         )
     except ValueError as exc:  # bad arguments or input, found before generation starts
@@ -130,6 +129,7 @@ def _run_inprocess(compiled, prompts, params):
 
 def build_parser() -> argparse.ArgumentParser:
     from tideflow.batch.run import DEFAULT_BATCHES_PER_ACTOR
+    from tideflow.engine_args import add_engine_args
 
     parser = argparse.ArgumentParser(prog="tideflow", description="Serve and batch-run LLMs on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,8 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queued-requests", type=int, default=64, help="per replica: requests waiting; then 429")
     serve.add_argument("--health-check-period-s", type=float, default=10.0,
                        help="seconds between Serve's health checks; 3 failed ones (a dead stage) replace the replica")
-    serve.add_argument("--dtype", default=None, help="engine dtype: auto | float32 | float64 | bfloat16 | float16")
-    serve.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    add_engine_args(serve)
     serve.set_defaults(func=_serve)
 
     batch = sub.add_parser("batch", help="generate for every row of parquet/jsonl/csv files with Ray Data; writes parquet")
@@ -179,8 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--concurrency", default="1", help="actors: N, or MIN,MAX to autoscale")
     batch.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor")
     batch.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
-    batch.add_argument("--dtype", default=None, help="engine dtype: auto | float32 | float64 | bfloat16 | float16")
-    batch.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    add_engine_args(batch, seed=False)  # its --seed is the sampling seed
     batch.add_argument("--address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or a local instance)")
     batch.set_defaults(func=_batch)
 

@@ -1,0 +1,77 @@
+"""The engine options of `tideflow serve` and `tideflow batch`, as command-line flags.
+
+Named as vLLM names them where vLLM has them (`--max-num-seqs`, `--block-size`,
+`--enable-prefix-caching/--no-enable-prefix-caching`, `-tp` ...), defined once here for both
+subcommands. A flag left out passes nothing, so the engine's own default applies; a bad value is
+a usage error naming the flag (exit 2) before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tideflow.config import KERNEL_BACKENDS
+
+DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
+MODEL_IMPLS = ("auto", "tideflow", "transformers")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonnegative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def add_engine_args(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
+    """Add the engine flags to `parser` (`seed=False` where the subcommand's `--seed` already
+    means the sampling seed, as in `tideflow batch`). Each flag stores under its engine option's
+    name, default None (not given)."""
+    group = parser.add_argument_group("engine options (default: the engine's)")
+    group.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    group.add_argument("--dtype", default=None, choices=DTYPES, help="weights and activations dtype")
+    group.add_argument("--max-model-len", type=_positive, default=None, help="context length (default: the model's)")
+    group.add_argument("--max-num-seqs", type=_positive, default=None, help="sequences running at once")
+    group.add_argument("--max-num-batched-tokens", type=_positive, default=None, help="token budget of one step")
+    group.add_argument("--block-size", type=_positive, default=None, help="tokens per KV cache block")
+    group.add_argument("--kv-cache-memory", "--kv-cache-memory-bytes", dest="kv_cache_memory_bytes", type=_positive,
+                       default=None, help="bytes of KV cache per engine")
+    group.add_argument("--num-gpu-blocks-override", dest="num_kv_blocks", type=_positive, default=None,
+                       help="KV cache blocks, overriding what the memory allows")
+    group.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                       help="reuse the KV blocks of shared prompt prefixes (default: on)")
+    group.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=None,
+                       help="split long prompts across steps (default: on)")
+    group.add_argument("--tensor-parallel-size", "-tp", type=_positive, default=None, help="ranks per engine")
+    group.add_argument("--kernel-backend", default=None, choices=KERNEL_BACKENDS,
+                       help="tideflow's kernels (auto) or their torch references (torch)")
+    group.add_argument("--model-impl", default=None, choices=MODEL_IMPLS, help="whose forward runs the model")
+    group.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a checkpoint's own code")
+    if seed:
+        group.add_argument("--seed", type=_nonnegative, default=None, help="the engine's random seed")
+
+
+ENGINE_ARG_NAMES = (
+    "tokenizer", "dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size",
+    "kv_cache_memory_bytes", "num_kv_blocks", "enable_prefix_caching", "enable_chunked_prefill",
+    "tensor_parallel_size", "kernel_backend", "model_impl", "trust_remote_code",
+)
+
+
+def engine_options(args: argparse.Namespace, *, seed: bool = True) -> dict:
+    """The engine options the flags gave (those left out are absent)."""
+    names = ENGINE_ARG_NAMES + (("seed",) if seed else ())
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
