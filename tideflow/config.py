@@ -31,6 +31,8 @@ class ModelConfig:
     seed: int = 0  # seed of the engine's default RNG (requests without their own seed)
     trust_remote_code: bool = False
     model_impl: str = "auto"  # one of MODEL_IMPLS
+    # a Jinja chat template (its text) that replaces the tokenizer's; None: the tokenizer's own
+    chat_template: str | None = None
 
     def __post_init__(self):
         if not self.model:
@@ -142,19 +144,37 @@ def engine_config(
     trust_remote_code: bool = False,
     model_impl: str = "auto",
     tensor_parallel_size: int = 1,
+    chat_template: str | None = None,
 ) -> EngineConfig:
     """The root config from the flat keyword options users pass to `LLM(...)` and to graphs.
-    Unknown options raise TypeError naming them."""
+    Unknown options raise TypeError naming them. `chat_template` is a template's text or a
+    file that holds it (read here, so the config carries the text to every stage)."""
     if max_num_batched_tokens is None:
         # without chunking a whole prompt must fit one step
         max_num_batched_tokens = 2048 if enable_chunked_prefill else (max(2048, max_model_len) if max_model_len else None)
     return EngineConfig(
-        model=ModelConfig(model, tokenizer, dtype, max_model_len, seed, trust_remote_code, model_impl),
+        model=ModelConfig(model, tokenizer, dtype, max_model_len, seed, trust_remote_code, model_impl,
+                          chat_template_text(chat_template)),
         cache=CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, enable_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill),
         parallel=ParallelConfig(device, tensor_parallel_size),
         kernel_backend=kernel_backend,
     )
+
+
+def chat_template_text(value: str | None) -> str | None:
+    """A chat template given as its text or as the path of a file holding it (as vLLM's
+    `--chat-template` takes it): the text."""
+    import os
+
+    if value is None or not isinstance(value, str):
+        return value
+    if "{" not in value and os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    if "{" not in value:
+        raise ValueError(f"chat_template: {value!r} is neither a Jinja template nor a file")
+    return value
 
 
 ENGINE_OPTIONS = tuple(inspect.signature(engine_config).parameters)  # model, tokenizer, dtype ...: its keyword names

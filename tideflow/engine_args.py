@@ -59,6 +59,8 @@ def add_engine_args(parser: argparse.ArgumentParser, *, seed: bool = True) -> No
     group.add_argument("--kernel-backend", default=None, choices=KERNEL_BACKENDS,
                        help="tideflow's kernels (auto) or their torch references (torch)")
     group.add_argument("--model-impl", default=None, choices=MODEL_IMPLS, help="whose forward runs the model")
+    group.add_argument("--chat-template", default=None,
+                       help="a Jinja chat template, or a file holding one, in place of the tokenizer's")
     group.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a checkpoint's own code")
     if seed:
         group.add_argument("--seed", type=_nonnegative, default=None, help="the engine's random seed")
@@ -67,7 +69,7 @@ def add_engine_args(parser: argparse.ArgumentParser, *, seed: bool = True) -> No
 ENGINE_ARG_NAMES = (
     "tokenizer", "dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size",
     "kv_cache_memory_bytes", "num_kv_blocks", "enable_prefix_caching", "enable_chunked_prefill",
-    "tensor_parallel_size", "kernel_backend", "model_impl", "trust_remote_code",
+    "tensor_parallel_size", "kernel_backend", "model_impl", "trust_remote_code", "chat_template",
 )
 
 

@@ -32,7 +32,8 @@ class LLM:
 
         self.engine = engine = create_engine(engine_config(model, **engine_options))
         self.prompts = PromptProcessor(  # the prompt front door: templates and tokenizes each prompt once
-            engine.tokenizer, engine.vocab_size, engine.max_model_len, ImagePromptSpec.from_config(engine.hf_config)
+            engine.tokenizer, engine.vocab_size, engine.max_model_len, ImagePromptSpec.from_config(engine.hf_config),
+            engine.config.model.chat_template,
         )
         self._driver = EngineDriver(engine, keep_outputs=True)
         self._ids = itertools.count()

@@ -24,11 +24,7 @@ class Tokenizer(StageRole):
         super().__init__(context)
         from tideflow.runtime.engine.prompt_processor import PromptProcessor
 
-        model = context.config.model
-        self.prompts = PromptProcessor.load(
-            model.model, tokenizer=model.tokenizer, max_model_len=model.max_model_len,
-            trust_remote_code=model.trust_remote_code,
-        )
+        self.prompts = PromptProcessor.for_model(context.config.model)
         self.pending: list[pa.RecordBatch] = []  # TOKENIZED batches to send
 
     def push(self, batch: pa.RecordBatch, attachments=None) -> None:

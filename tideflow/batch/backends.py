@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from tideflow.config import chat_template_text
 from tideflow.outputs import RequestOutput
 from tideflow.runtime.engine.prompt_processor import PromptProcessor
 from tideflow.sampling_params import SamplingParams
@@ -66,6 +67,7 @@ class GraphBackend:
         self.prompts = PromptProcessor.load(
             model, tokenizer=engine_options.get("tokenizer"), max_model_len=engine_options.get("max_model_len"),
             trust_remote_code=engine_options.get("trust_remote_code", False),
+            chat_template=chat_template_text(engine_options.get("chat_template")),
         )
 
     def check(self, token_ids: list[int], params: SamplingParams) -> str | None:

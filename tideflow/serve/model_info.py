@@ -24,11 +24,11 @@ class ModelInfo:
 
     @classmethod
     def load(cls, name: str, path: str, *, tokenizer: str | None = None, max_model_len: int | None = None,
-             trust_remote_code: bool = False) -> ModelInfo:
+             trust_remote_code: bool = False, chat_template: str | None = None) -> ModelInfo:
         import time
 
         prompts = PromptProcessor.load(path, tokenizer=tokenizer, max_model_len=max_model_len,
-                                       trust_remote_code=trust_remote_code)
+                                       trust_remote_code=trust_remote_code, chat_template=chat_template)
         return cls(name=name, path=path, prompts=prompts, created=int(time.time()))
 
     @property

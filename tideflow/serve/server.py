@@ -255,7 +255,8 @@ def _model_info(config: ServeConfig, graph) -> ModelInfo:
     model = config.model or models[0].model
     max_len = next((m.max_model_len for m in models if m.max_model_len), None)
     return ModelInfo.load(config.served_model_name, str(model), tokenizer=source.tokenizer if source else None,
-                          max_model_len=max_len, trust_remote_code=source.trust_remote_code if source else False)
+                          max_model_len=max_len, trust_remote_code=source.trust_remote_code if source else False,
+                          chat_template=source.chat_template if source else None)
 
 
 async def _read_json(request) -> dict:

@@ -13,6 +13,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
 
+from tideflow.config import ModelConfig
 from tideflow.models.image_spec import IMAGE_FIELD, ImagePromptSpec
 from tideflow.runtime.engine.core.sequence import check_prompt_ids
 from tideflow.sampling_params import SamplingParams
@@ -64,15 +65,23 @@ class PromptProcessor:
     """Turns prompts into token ids with one tokenizer and chat template, and checks them
     against the model's vocabulary and context length."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, max_model_len: int, image_spec: ImagePromptSpec | None = None):
+    def __init__(self, tokenizer: Any, vocab_size: int, max_model_len: int, image_spec: ImagePromptSpec | None = None,
+                 chat_template: str | None = None):
         self.tokenizer = tokenizer  # a transformers tokenizer
+        self.chat_template = chat_template  # replaces the tokenizer's template; None: the tokenizer's own
         self.vocab_size = vocab_size  # token ids must be in [0, vocab_size)
         self.max_model_len = max_model_len  # prompt + generated tokens
         self.image_spec = image_spec  # None: a text-only model
 
     @classmethod
+    def for_model(cls, config: ModelConfig) -> PromptProcessor:
+        """A processor for what a stage's (or the server's) `ModelConfig` loads."""
+        return cls.load(config.model, tokenizer=config.tokenizer, max_model_len=config.max_model_len,
+                        trust_remote_code=config.trust_remote_code, chat_template=config.chat_template)
+
+    @classmethod
     def load(cls, model: str, *, tokenizer: str | None = None, max_model_len: int | None = None,
-             trust_remote_code: bool = False) -> PromptProcessor:
+             trust_remote_code: bool = False, chat_template: str | None = None) -> PromptProcessor:
         """A processor for a model directory: its config and tokenizer, nothing of its weights."""
         from transformers import AutoConfig
 
@@ -85,6 +94,7 @@ class PromptProcessor:
             int(vocab),
             int(max_model_len or model_max_len(hf_config)),
             ImagePromptSpec.from_config(hf_config),
+            chat_template,
         )
 
     # -- text and conversations ---------------------------------------------------------------
@@ -98,9 +108,11 @@ class PromptProcessor:
 
     def render_chat(self, messages: list[dict], *, add_generation_prompt: bool = True,
                     chat_template: str | None = None) -> str:
-        """A conversation as text, through the tokenizer's (or the given) chat template."""
+        """A conversation as text, through the given chat template, else this processor's, else
+        the tokenizer's."""
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+            chat_template=chat_template if chat_template is not None else self.chat_template,
         )
 
     def encode_chat(self, messages: list[dict], *, add_generation_prompt: bool = True,
