@@ -19,17 +19,21 @@ class LLM:
     >>> out[0].outputs[0].text
     """
 
-    def __init__(self, model: str, **engine_options):
+    def __init__(self, model: str, *, gguf_file: str | None = None, **engine_options):
         """`model` is a HF model directory (or hub id). Engine options, all optional:
         tokenizer, dtype ("auto" | "float32" | "float64" | "bfloat16" | "float16"), seed,
         max_model_len, block_size, num_kv_blocks, kv_cache_memory_bytes,
         enable_prefix_caching, enable_chunked_prefill, max_num_seqs, max_num_batched_tokens,
-        kernel_backend, model_impl, device, trust_remote_code (see `tideflow.config.engine_config`)."""
+        kernel_backend, model_impl, device, trust_remote_code, chat_template (see
+        `tideflow.config.engine_config`). A GGUF checkpoint: `model` names the .gguf file, or a
+        directory holding `gguf_file` (converted once into a cached directory, tideflow.models.gguf)."""
+        from tideflow.models.gguf import resolve_model
         from tideflow.models.image_spec import ImagePromptSpec
         from tideflow.runtime.engine.driver import EngineDriver
         from tideflow.runtime.engine.prompt_processor import PromptProcessor
         from tideflow.runtime.parallel.engines import create_engine
 
+        model = resolve_model(model, gguf_file)
         self.engine = engine = create_engine(engine_config(model, **engine_options))
         self.prompts = PromptProcessor(  # the prompt front door: templates and tokenizes each prompt once
             engine.tokenizer, engine.vocab_size, engine.max_model_len, ImagePromptSpec.from_config(engine.hf_config),

@@ -33,7 +33,7 @@ from tideflow.graphs.graph import Graph
 
 def _text_options(model: str, engine_options: dict) -> dict:
     opts = {"model": model}
-    for key in ("tokenizer", "trust_remote_code", "chat_template"):
+    for key in ("tokenizer", "trust_remote_code", "chat_template", "gguf_file"):
         if key in engine_options:
             opts[key] = engine_options[key]
     return opts

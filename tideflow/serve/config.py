@@ -118,12 +118,15 @@ class ServeConfig:
         if named is None:
             raise ValueError(f"graph {self.graph!r} names no model and none was given")
         if model is not None and not _model_exists(model):
-            raise ValueError(f"model {model!r} is neither a model directory (with config.json) nor an org/name hub id")
+            raise ValueError(f"model {model!r} is neither a model directory (with config.json), a .gguf file, "
+                             "nor an org/name hub id")
         name = self.served_model_name or os.path.basename(os.path.normpath(named))
         return dataclasses.replace(self, model=model, served_model_name=name)
 
 
 def _model_exists(model: str) -> bool:
+    if model.endswith(".gguf"):  # a GGUF checkpoint (tideflow.models.gguf checks it on loading)
+        return os.path.isfile(os.path.expanduser(model))
     if os.path.isdir(os.path.expanduser(model)):
         return os.path.isfile(os.path.join(os.path.expanduser(model), "config.json"))
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None

