@@ -58,6 +58,10 @@ EXPECTED_KIND = {
         "mlp_only_layers": [],
         "qkv_bias": True,
     },
+    "mistral": {"model_type": "mistral", "sliding_window": 32},
+    "qwen3": {"model_type": "qwen3", "head_dim": 16},
+    "gemma": {"model_type": "gemma", "head_dim": 16, "hidden_act": "gelu_pytorch_tanh"},
+    "phi3": {"model_type": "phi3"},
 }
 TEXTS = [
     "plain ascii text, with punctuation!?",
@@ -121,8 +125,11 @@ def test_loads_through_load_model(kind, tiny_dirs):
     assert model.dtype == torch.float32
     head_dim = 64 // 4
     layer = model.model.layers[0]
-    assert layer.self_attn.k_proj.weight.shape == (2 * head_dim, 64)  # GQA: 2 KV heads
-    assert (layer.self_attn.q_proj.bias is not None) == (kind in ("qwen2", "qwen2_moe"))
+    if kind == "phi3":  # q, k and v in one fused projection
+        assert layer.self_attn.qkv_proj.weight.shape == ((4 + 2 * 2) * head_dim, 64)
+    else:
+        assert layer.self_attn.k_proj.weight.shape == (2 * head_dim, 64)  # GQA: 2 KV heads
+        assert (layer.self_attn.q_proj.bias is not None) == (kind in ("qwen2", "qwen2_moe"))
     assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
     with torch.no_grad():
         logits = model(torch.tensor([[BOS_ID, 10, 20, 30]])).logits
@@ -144,6 +151,20 @@ def test_config_overrides_replace_fields(tmp_path):
     model, _ = load_model(str(path))
     assert len(model.model.layers) == 3
     assert model.lm_head.weight.shape == (600, 96)
+
+
+def test_newer_kinds_draw_their_norm_weights(tiny_dirs):
+    """Norm weights away from their initial value, so parity tests see each one used."""
+    with safe_open(str(tiny_dirs["qwen3"] / "model.safetensors"), "pt") as f:
+        for name in ("model.layers.0.self_attn.q_norm.weight", "model.layers.0.input_layernorm.weight"):
+            assert f.get_tensor(name).std() > INITIALIZER_RANGE / 2, name
+    with safe_open(str(tiny_dirs["llama"] / "model.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("model.norm.weight"), torch.ones(64))  # earlier kinds: unchanged
+
+
+def test_phi3_rotates_half_of_each_head(tiny_dirs):
+    config = json.loads((tiny_dirs["phi3"] / "config.json").read_text())
+    assert config["rope_parameters"]["partial_rotary_factor"] == 0.5
 
 
 def test_moe_override(tmp_path):

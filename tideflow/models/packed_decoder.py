@@ -6,18 +6,24 @@ overhead is a large share of a step. For architectures whose layers follow the L
 (pre-norm RMSNorm; rotary attention with optional q/k/v bias; a gated MLP or any MoE block),
 `PackedDecoder` runs the same weights on `[tokens, hidden]` with fewer, larger ops:
 
-- q, k and v come from one matmul, gate and up from another (the transformers parameters are
-  re-pointed at views of the fused tensors, so no weight is held twice);
+- q, k and v come from one matmul, gate and up from another (separate transformers projections
+  are re-pointed at views of the fused tensors, so no weight is held twice; Phi-3's fused ones
+  are used as they are);
+- per-head q/k norms (Qwen3) normalise every q and k head in one call;
 - rotary embedding rotates q and k in one pass, with cos/sin from the model's own rotary
-  module (so every rope scaling type transformers knows works unchanged);
+  module (so every rope scaling type transformers knows works unchanged, partial rotary too);
 - attention goes straight to tideflow's paged attention (`runtime.attention.make_attend`);
 - logits are computed only at the rows that sample;
 - MoE blocks (and any MLP it does not know) are called as they are.
 
-Numerics follow transformers: RMSNorm computes in float32 and casts back (also for float64
-weights, as transformers does), residual adds keep their order, and each layer gets the
+The architectures it runs, and how each maps onto it, are the tables of
+`tideflow.models.decoder_layouts`: Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Gemma (v1)
+and Phi-3. Numerics follow transformers: each norm computes as its transformers class does
+(float32 statistics, also for float64 weights), the embedding module is called as it is (so
+Gemma's scaled embeddings stay scaled), residual adds keep their order, and each layer gets the
 sliding window transformers would pass its attention function. `unsupported_reason(model)`
-says why a model cannot run here; the engine then keeps the transformers forward.
+says why a model cannot run here (soft-capping, as in Gemma 2, is one reason); the engine then
+keeps the transformers forward.
 """
 
 from __future__ import annotations
@@ -28,29 +34,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tideflow.models.decoder_layouts import (
+    ATTENTIONS,
+    MLPS,
+    NORMS,
+    UNSUPPORTED_CONFIG,
+    Norm,
+    make_head_norm,
+    make_norm,
+)
 
-def _no_window(attn) -> int | None:
-    return None
-
-
-def _config_window(attn) -> int | None:
-    return getattr(attn.config, "sliding_window", None)
-
-
-def _layer_window(attn) -> int | None:
-    return getattr(attn, "sliding_window", None)
-
-
-# attention class -> the sliding window its transformers forward passes to the attention function
-ATTENTIONS: dict[str, Callable] = {
-    "LlamaAttention": _no_window,
-    "MistralAttention": _config_window,
-    "MixtralAttention": _config_window,
-    "Qwen2Attention": _layer_window,
-    "Qwen2MoeAttention": _no_window,  # transformers does not pass its window on
-}
-DENSE_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen2MoeMLP"})
-NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "MixtralRMSNorm", "Qwen2RMSNorm", "Qwen2MoeRMSNorm"})
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 
 
@@ -68,55 +61,47 @@ def unsupported_reason(model) -> str | None:
     for owner, attr in ((model, "lm_head"), (base, "embed_tokens"), (base, "layers"), (base, "norm"), (base, "rotary_emb")):
         if owner is None or not hasattr(owner, attr):
             return f"{type(model).__name__} has no {attr}"
+    text = model.config.get_text_config()
+    for field, what in UNSUPPORTED_CONFIG.items():
+        if getattr(text, field, None) is not None:
+            return f"{type(model).__name__} uses {what}"
     if type(base.norm).__name__ not in NORMS:
         return f"final norm {type(base.norm).__name__} is not a known RMSNorm"
     for i, layer in enumerate(base.layers):
-        missing = [p for p in _LAYER_PARTS if not hasattr(layer, p)]
-        if missing:
-            return f"layer {i} has no {', '.join(missing)}"
-        if type(layer.self_attn).__name__ not in ATTENTIONS:
-            return f"layer {i}: attention {type(layer.self_attn).__name__} is not a Llama-pattern attention"
-        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
-            if type(norm).__name__ not in NORMS:
-                return f"layer {i}: norm {type(norm).__name__} is not a known RMSNorm"
+        reason = _layer_reason(layer)
+        if reason is not None:
+            return f"layer {i}: {reason}"
     return None
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' Llama RMSNorm: statistics in float32, scaled in the input dtype."""
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
-
-
-def _fuse(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One weight (and bias) for `linears` stacked by output rows; each module's parameters
-    become views of it, so the model keeps working and nothing is stored twice."""
-    weight = torch.cat([m.weight.detach() for m in linears])
-    has_bias = [m.bias is not None for m in linears]
-    if any(has_bias) and not all(has_bias):
-        bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features) for m in linears])
-    else:
-        bias = torch.cat([m.bias.detach() for m in linears]) if all(has_bias) else None
-    start = 0
-    for m in linears:
-        rows = m.weight.shape[0]
-        m.weight = torch.nn.Parameter(weight[start : start + rows], requires_grad=False)
-        if m.bias is not None:
-            m.bias = torch.nn.Parameter(bias[start : start + rows], requires_grad=False)
-        start += rows
-    return weight, bias
+def _layer_reason(layer) -> str | None:
+    missing = [p for p in _LAYER_PARTS if not hasattr(layer, p)]
+    if missing:
+        return f"has no {', '.join(missing)}"
+    # a part the Llama residual pattern has no place for (Gemma 2's pre/post feed-forward norms)
+    extra = [n for n, m in layer.named_children() if n not in _LAYER_PARTS and not isinstance(m, torch.nn.Dropout)]
+    if extra:
+        return f"{type(layer).__name__} also has {', '.join(extra)}"
+    attn = layer.self_attn
+    if type(attn).__name__ not in ATTENTIONS:
+        return f"attention {type(attn).__name__} is not a Llama-pattern attention"
+    norms = [layer.input_layernorm, layer.post_attention_layernorm]
+    if ATTENTIONS[type(attn).__name__].head_norms:
+        norms += [attn.q_norm, attn.k_norm]
+    for norm in norms:
+        if type(norm).__name__ not in NORMS:
+            return f"norm {type(norm).__name__} is not a known RMSNorm"
+    return None
 
 
 @dataclass(slots=True)
 class _Layer:
     index: int
-    norm1: torch.Tensor
-    norm1_eps: float
-    norm2: torch.Tensor
-    norm2_eps: float
+    norm1: Norm
+    norm2: Norm
     qkv_weight: torch.Tensor
     qkv_bias: torch.Tensor | None
+    head_norm: Norm | None  # over [T, heads + kv_heads, head_dim], before rotary (Qwen3)
     o_proj: torch.nn.Linear
     heads: int
     kv_heads: int
@@ -131,26 +116,25 @@ class _Layer:
 
 def _layer(index: int, layer) -> _Layer:
     attn, mlp = layer.self_attn, layer.mlp
-    qkv_weight, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-    head_dim = attn.head_dim
+    layout = ATTENTIONS[type(attn).__name__]
+    qkv = layout.qkv(attn)
+    head_norm = make_head_norm(attn.q_norm, attn.k_norm, qkv.heads, qkv.kv_heads) if layout.head_norms else None
     gate_up_weight = gate_up_bias = act = None
-    if type(mlp).__name__ in DENSE_MLPS:
-        gate_up_weight, gate_up_bias = _fuse([mlp.gate_proj, mlp.up_proj])
-        act = mlp.act_fn
+    if type(mlp).__name__ in MLPS:
+        gate_up_weight, gate_up_bias, act = MLPS[type(mlp).__name__](mlp)
     return _Layer(
         index=index,
-        norm1=layer.input_layernorm.weight,
-        norm1_eps=layer.input_layernorm.variance_epsilon,
-        norm2=layer.post_attention_layernorm.weight,
-        norm2_eps=layer.post_attention_layernorm.variance_epsilon,
-        qkv_weight=qkv_weight,
-        qkv_bias=qkv_bias,
+        norm1=make_norm(layer.input_layernorm),
+        norm2=make_norm(layer.post_attention_layernorm),
+        qkv_weight=qkv.weight,
+        qkv_bias=qkv.bias,
+        head_norm=head_norm,
         o_proj=attn.o_proj,
-        heads=attn.q_proj.out_features // head_dim,
-        kv_heads=attn.k_proj.out_features // head_dim,
-        head_dim=head_dim,
+        heads=qkv.heads,
+        kv_heads=qkv.kv_heads,
+        head_dim=attn.head_dim,
         scaling=attn.scaling,
-        window=int(ATTENTIONS[type(attn).__name__](attn) or 0),
+        window=int(layout.window(attn) or 0),
         mlp=mlp,
         gate_up_weight=gate_up_weight,
         gate_up_bias=gate_up_bias,
@@ -162,6 +146,12 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     """Rotary embedding of x [T, heads, D] with cos/sin [T, 1, D] (transformers' formula)."""
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _rotate_part(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Partial rotary: the first cos.shape[-1] dims of each head rotate, the rest pass."""
+    r = cos.shape[-1]
+    return torch.cat((_rotate(x[..., :r], cos, sin), x[..., r:]), dim=-1)
 
 
 class PackedDecoder:
@@ -178,11 +168,13 @@ class PackedDecoder:
         base = _decoder(model)
         self.embed = base.embed_tokens
         self.rotary = base.rotary_emb
-        self.norm, self.norm_eps = base.norm.weight, base.norm.variance_epsilon
         self.lm_head = model.lm_head
         self.attend = attend
         with torch.no_grad():
+            self.norm = make_norm(base.norm)
             self.layers = [_layer(i, layer) for i, layer in enumerate(base.layers)]
+        rotary_dims = 2 * base.rotary_emb.inv_freq.shape[-1]
+        self.rotate = _rotate if rotary_dims == self.layers[0].head_dim else _rotate_part
 
     @torch.inference_mode()
     def __call__(
@@ -196,16 +188,18 @@ class PackedDecoder:
         cos, sin = self.rotary(h, positions[None])
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [T, 1, D]
         for layer in self.layers:
-            h = h + self._attention(layer, _rms_norm(h, layer.norm1, layer.norm1_eps), cos, sin, meta)
-            h = h + self._mlp(layer, _rms_norm(h, layer.norm2, layer.norm2_eps))
-        h = _rms_norm(h[logits_rows], self.norm, self.norm_eps)
-        return self.lm_head(h)
+            h = h + self._attention(layer, layer.norm1(h), cos, sin, meta)
+            h = h + self._mlp(layer, layer.norm2(h))
+        return self.lm_head(self.norm(h[logits_rows]))
 
     def _attention(self, layer: _Layer, x, cos, sin, meta) -> torch.Tensor:
         tokens, d = x.shape[0], layer.head_dim
         qkv = F.linear(x, layer.qkv_weight, layer.qkv_bias)
         qk_heads = layer.heads + layer.kv_heads
-        qk = _rotate(qkv[:, : qk_heads * d].view(tokens, qk_heads, d), cos, sin)
+        qk = qkv[:, : qk_heads * d].view(tokens, qk_heads, d)
+        if layer.head_norm is not None:
+            qk = layer.head_norm(qk)
+        qk = self.rotate(qk, cos, sin)
         v = qkv[:, qk_heads * d :].view(tokens, layer.kv_heads, d)
         out = self.attend(qk[:, : layer.heads], qk[:, layer.heads :], v, layer.index, meta, layer.scaling, layer.window)
         return layer.o_proj(out.view(tokens, layer.heads * d))

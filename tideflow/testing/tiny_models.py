@@ -22,7 +22,7 @@ import json
 import pathlib
 from typing import Any
 
-KINDS = ("llama", "qwen2", "mixtral", "qwen2_moe")
+KINDS = ("llama", "qwen2", "mixtral", "qwen2_moe", "mistral", "qwen3", "gemma", "phi3")
 MULTIMODAL_KINDS = ("llava",)  # image-text-to-text models; written by `tideflow.testing.tiny_llava`
 
 BOS_TOKEN, EOS_TOKEN, PAD_TOKEN = "<s>", "</s>", "<pad>"
@@ -92,7 +92,16 @@ _KIND_FIELDS: dict[str, dict[str, Any]] = {
         "qkv_bias": True,
         "use_sliding_window": False,
     },
+    "mistral": {"sliding_window": 32},  # every layer attends through the window
+    "qwen3": {"head_dim": 16},  # per-head q/k RMSNorms are built in to Qwen3
+    "gemma": {"head_dim": 16},  # GeGLU, scaled embeddings and (1 + weight) norms are built in
+    # fused qkv_proj and gate_up_proj are built in; half of each head's dims rotate (as Phi-4-mini's)
+    "phi3": {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}},
 }
+# Kinds whose norm weights are drawn around their initial value rather than left at it (ones,
+# or Gemma's zeros), so parity tests see every norm weight used. The earlier kinds keep their
+# initial norms: their checkpoints stay byte-identical to what they were.
+_RANDOM_NORM_KINDS = frozenset({"mistral", "qwen3", "gemma", "phi3"})
 
 
 def _corpus() -> list[str]:
@@ -225,6 +234,11 @@ def write_tiny_model(
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if kind in _RANDOM_NORM_KINDS:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.add_(torch.randn_like(param) * INITIALIZER_RANGE)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from tideflow import LLM, SamplingParams
-
-KINDS = ["llama", "qwen2", "mixtral", "qwen2_moe"]
+from tideflow.testing.tiny_models import KINDS  # llama, qwen2, mixtral, qwen2_moe, mistral, qwen3, gemma, phi3
 NUM_PROMPTS = 18
 
 
@@ -71,7 +70,8 @@ def test_greedy_tokens_equal_hf_generate(case, mode):
         assert g == r, f"prompt {i} ({len(prompts[i])} tokens): engine {g} != HF {r}"
     engine = llm.engine
     assert (engine.runner.packed is None) == (mode == "transformers-forward")
-    if mode == "preempt":
+    if mode == "preempt" and not engine.blocks.sliding_window:
+        # (mistral's 32-token window gives blocks back as it goes: 40 blocks never run out)
         assert engine.scheduler.num_preemptions > 0
     if "prefix" in mode:
         assert engine.blocks.stats.hits > 0

@@ -55,7 +55,8 @@ def _load(path: str):
     return model, config.get_text_config()
 
 
-KINDS = ("llama", "qwen2", "mixtral", "qwen2_moe")  # qwen2: q/k/v biases; qwen2_moe: a shared expert
+# qwen2: q/k/v biases; qwen2_moe: a shared expert; qwen3: per-head q/k norms; gemma: its own norms
+KINDS = ("llama", "qwen2", "mixtral", "qwen2_moe", "qwen3", "gemma")
 
 
 def _rank(rank: int, paths: dict[str, str], port: int, out_dir: str) -> None:
@@ -115,7 +116,7 @@ def test_shards_hold_their_part_of_every_split_weight(kind, tiny_model_dir):
         assert torch.equal(sa.q_proj.bias, fa.q_proj.bias[q_rows])
         assert torch.equal(sa.v_proj.bias, fa.v_proj.bias[kv_rows])
     fm, sm = full.model.layers[0].mlp, shard.model.layers[0].mlp
-    if kind in ("llama", "qwen2"):
+    if hasattr(fm, "gate_proj"):  # a dense MLP
         inter = text.intermediate_size
         assert torch.equal(sm.gate_proj.weight, fm.gate_proj.weight[inter // 2 :])
         assert torch.equal(sm.down_proj.weight, fm.down_proj.weight[:, inter // 2 :])
@@ -152,3 +153,10 @@ def test_sizes_that_do_not_divide_raise_naming_the_field(overrides, world, field
 def test_non_positive_sizes_raise(world):
     with pytest.raises(ValueError, match="tensor_parallel_size must be a positive integer"):
         check_divisible(tiny_config("llama"), world)
+
+
+def test_a_fused_qkv_projection_is_refused_naming_it(tiny_model_dir):
+    """Phi-3 runs on the packed decoder, but its fused qkv_proj has no split here yet."""
+    model, _ = _load(tiny_model_dir("phi3"))
+    with pytest.raises(ValueError, match="tensor_parallel_size > 1: .*Phi3Attention \\(a fused qkv_proj\\)"):
+        shard_model(model, 0, WORLD)

@@ -160,7 +160,14 @@ def make_attention(kernels: AttentionKernels, fallback: AttentionKernels):
     """The attention function transformers calls per layer, over `make_attend`."""
     attend = make_attend(kernels, fallback)
 
-    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None, **kwargs):
+    def attention(
+        module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None, softcap=None, **kwargs
+    ):
+        if softcap is not None:  # silently dropping it would change every score (Gemma 2)
+            raise ValueError(
+                f"{type(module).__name__} asks for attention logit soft-capping (softcap={softcap}), "
+                "which tideflow's paged attention does not compute"
+            )
         q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, heads, D]
         out = attend(q, k, v, module.layer_idx, kwargs["tideflow_meta"], scaling, int(sliding_window or 0))
         return out.unsqueeze(0), None  # [1, T, H, D]

@@ -9,6 +9,7 @@ code outside this package uses. Callers step it through `EngineDriver` (driver.p
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 import time
 
@@ -19,6 +20,8 @@ from tideflow.runtime.engine.core.outputs import EngineOutput, EngineStats
 from tideflow.runtime.engine.core.sequence import Request, Sequence, check_prompt_ids
 from tideflow.runtime.engine.prompt_images import PromptImages
 from tideflow.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 
 class Engine:
@@ -92,6 +95,7 @@ class Engine:
         decode_group_rows = attention_kernels(config.kernel_backend).decode_group_rows
         if tp > 1:
             self.runner = sharded_runner(config, self.model, kv_cache, sampler, self.num_blocks, decode_group_rows)
+            logger.info("%s: packed decoder, tensor parallel over %d ranks", type(self.model).__name__, tp)
         else:
             self.runner = ModelRunner(
                 self.model, kv_cache, sampler, device=config.parallel.device, decode_group_rows=decode_group_rows,
@@ -290,16 +294,21 @@ class Engine:
 
 
 def _packed_decoder(model, model_impl: str, attend):
-    """tideflow's own forward of `model` as `model_impl` asks (None: transformers' forward)."""
+    """tideflow's own forward of `model` as `model_impl` asks (None: transformers' forward).
+    Logs which of the two the model takes, and why when it is transformers'."""
     from tideflow.models.packed_decoder import PackedDecoder, unsupported_reason
 
+    name = type(model).__name__
     if model_impl == "transformers":
+        logger.info("%s: transformers forward (model_impl='transformers')", name)
         return None
     reason = unsupported_reason(model)
     if reason is None:
+        logger.info("%s: packed decoder", name)
         return PackedDecoder(model, attend)
     if model_impl == "tideflow":
         raise ValueError(f"model_impl='tideflow' cannot run this model: {reason}")
+    logger.info("%s: transformers forward (%s)", name, reason)
     return None
 
 

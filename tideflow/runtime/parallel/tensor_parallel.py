@@ -16,6 +16,7 @@ Each rank's `o_proj`, MLP and MoE block then yield a partial sum of the full out
 `shard_decoder(...)` builds a `PackedDecoder` over the narrowed model and wraps those three
 in modules that all-reduce their output (`RowParallel`, `ReducedBlock`), so the unsharded
 `PackedDecoder` stays as it is. A row-parallel bias is added once, after the reduce.
+A fused qkv_proj (Phi-3) has no split yet: `shard_model` refuses it, naming the class.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def _keep_columns(linear: torch.nn.Linear, cols: slice, zero_bias: bool) -> None
 
 
 def _shard_attention(attn, rank: int, world: int) -> None:
+    if not all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj")):
+        raise ValueError(f"{_FIELD} > 1: no tensor-parallel split is known for {type(attn).__name__} (a fused qkv_proj)")
     d = attn.head_dim
     heads, kv_heads = attn.q_proj.out_features // d, attn.k_proj.out_features // d
     q = _part(heads, rank, world)
