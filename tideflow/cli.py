@@ -34,16 +34,26 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
 
+# what `tideflow batch` samples with where neither its flags nor the model's generation config
+# say: greedy, so that reruns give the same text
+BATCH_SAMPLING = {"max_tokens": 256, "temperature": 0.0, "top_p": 1.0}
+
+
 def _batch(args: argparse.Namespace) -> int:
     from tideflow import SamplingParams
     from tideflow.batch import run_job
+    from tideflow.batch.run import default_sampling_params
     from tideflow.engine_args import engine_options
     try:
         try:
             concurrency = tuple(int(c) for c in args.concurrency.split(","))
         except ValueError:
             raise ValueError(f"--concurrency: expected N or MIN,MAX, got {args.concurrency!r}") from None
-        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        # a flag left out takes the model's generation-config default, else BATCH_SAMPLING's (as
+        # a request that leaves a field unset does on the server)
+        given = {k: getattr(args, k) for k in BATCH_SAMPLING if getattr(args, k) is not None}
+        base = SamplingParams(**BATCH_SAMPLING, seed=args.seed)
+        params = default_sampling_params(args.model, engine_options(args, seed=False), base).replace(**given)
         if args.address is not None:
             import ray
 
@@ -167,10 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--prompt-column", default=None, help="column of prompt text or token ids (default: prompt)")
     text.add_argument("--messages-column", default=None, help="column of chat conversations ([{role, content}, ...])")
     batch.add_argument("--id-column", default="row_id", help="column that keys rows (default: added as file:index)")
-    batch.add_argument("--max-tokens", type=int, default=256)
+    batch.add_argument("--max-tokens", type=int, default=None,
+                       help="default: the model's max_new_tokens (its generation config), else 256")
     batch.add_argument("--max-tokens-column", default=None, help="column of per-row max_tokens (null: --max-tokens)")
-    batch.add_argument("--temperature", type=float, default=0.0, help="default 0 (greedy): reruns give the same text")
-    batch.add_argument("--top-p", type=float, default=1.0)
+    batch.add_argument("--temperature", type=float, default=None,
+                       help="default: the model's (its generation config), else 0 (greedy): reruns give the same text")
+    batch.add_argument("--top-p", type=float, default=None, help="default: the model's, else 1")
     batch.add_argument("--seed", type=int, default=None, help="sampling seed; each row's is derived from it and its id")
     batch.add_argument("--batch-size", type=int, default=64, help="rows per actor call")
     batch.add_argument("--batches-per-actor", type=int, default=DEFAULT_BATCHES_PER_ACTOR,

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from tideflow.sampling_params import generation_config_defaults
 
 _DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
 KERNEL_BACKENDS = ("auto", "torch")
@@ -18,6 +24,9 @@ KERNEL_BACKENDS = ("auto", "torch")
 # "transformers" the model's own modules with the tideflow attention function, "auto" the
 # first where the model supports it
 MODEL_IMPLS = ("auto", "tideflow", "transformers")
+# `generation_config` besides a directory, as vLLM's --generation-config: "auto" takes the
+# model's generation_config.json as the request defaults, "vllm" ignores it
+GENERATION_CONFIG_MODES = ("auto", "vllm")
 
 
 @dataclass(frozen=True)
@@ -33,10 +42,27 @@ class ModelConfig:
     model_impl: str = "auto"  # one of MODEL_IMPLS
     # a Jinja chat template (its text) that replaces the tokenizer's; None: the tokenizer's own
     chat_template: str | None = None
+    # where requests that leave sampling fields unset take their defaults from (one of
+    # GENERATION_CONFIG_MODES, or a directory holding the generation_config.json to take);
+    # read by tideflow.models.generation_defaults
+    generation_config: str = "auto"
+    # generation-config keys (temperature, max_new_tokens ...) laid over it, as sorted
+    # (key, value) pairs (a mapping given here is sorted into them)
+    override_generation_config: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("model must name a model directory or hub id")
+        if not isinstance(self.generation_config, str) or not self.generation_config:
+            raise ValueError(f"generation_config must be {GENERATION_CONFIG_MODES} or a directory, "
+                             f"got {self.generation_config!r}")
+        override = self.override_generation_config
+        if isinstance(override, Mapping):
+            override = tuple(sorted(override.items()))
+            object.__setattr__(self, "override_generation_config", override)
+        if not isinstance(override, tuple) or not all(isinstance(p, tuple) and len(p) == 2 for p in override):
+            raise ValueError(f"override_generation_config must be a mapping, got {override!r}")
+        generation_config_defaults(dict(override), "override_generation_config", strict=True)
         if self.model_impl not in MODEL_IMPLS:
             raise ValueError(f"model_impl must be one of {MODEL_IMPLS}, got {self.model_impl!r}")
         if self.dtype not in _DTYPES:
@@ -145,16 +171,22 @@ def engine_config(
     model_impl: str = "auto",
     tensor_parallel_size: int = 1,
     chat_template: str | None = None,
+    generation_config: str = "auto",
+    override_generation_config: dict | str | None = None,
 ) -> EngineConfig:
     """The root config from the flat keyword options users pass to `LLM(...)` and to graphs.
     Unknown options raise TypeError naming them. `chat_template` is a template's text or a
-    file that holds it (read here, so the config carries the text to every stage)."""
+    file that holds it (read here, so the config carries the text to every stage).
+    `generation_config` ("auto" | "vllm" | a directory) and `override_generation_config` (a
+    mapping, or its JSON text) say which defaults requests that leave sampling fields unset
+    get, as vLLM's --generation-config and --override-generation-config do."""
     if max_num_batched_tokens is None:
         # without chunking a whole prompt must fit one step
         max_num_batched_tokens = 2048 if enable_chunked_prefill else (max(2048, max_model_len) if max_model_len else None)
     return EngineConfig(
         model=ModelConfig(model, tokenizer, dtype, max_model_len, seed, trust_remote_code, model_impl,
-                          chat_template_text(chat_template)),
+                          chat_template_text(chat_template), generation_config_source(generation_config),
+                          override_generation_config_pairs(override_generation_config)),
         cache=CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, enable_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill),
         parallel=ParallelConfig(device, tensor_parallel_size),
@@ -165,8 +197,6 @@ def engine_config(
 def chat_template_text(value: str | None) -> str | None:
     """A chat template given as its text or as the path of a file holding it (as vLLM's
     `--chat-template` takes it): the text."""
-    import os
-
     if value is None or not isinstance(value, str):
         return value
     if "{" not in value and os.path.isfile(value):
@@ -175,6 +205,37 @@ def chat_template_text(value: str | None) -> str | None:
     if "{" not in value:
         raise ValueError(f"chat_template: {value!r} is neither a Jinja template nor a file")
     return value
+
+
+def generation_config_source(value: str) -> str:
+    """`generation_config` as vLLM's `--generation-config` takes it: "auto", "vllm", or a
+    directory holding a generation_config.json (returned absolute). ValueError otherwise, so a
+    wrong directory fails before anything loads."""
+    if isinstance(value, str) and value in GENERATION_CONFIG_MODES:
+        return value
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"generation_config must be one of {GENERATION_CONFIG_MODES} or a directory, got {value!r}")
+    path = os.path.abspath(os.path.expanduser(value))
+    if not os.path.isfile(os.path.join(path, "generation_config.json")):
+        what = "no directory" if not os.path.isdir(path) else "a directory without generation_config.json"
+        raise ValueError(f"generation_config: {value!r} is {what}; expected one of {GENERATION_CONFIG_MODES} or "
+                         "a directory holding generation_config.json")
+    return path
+
+
+def override_generation_config_pairs(value: Mapping | str | None) -> tuple[tuple[str, Any], ...]:
+    """`override_generation_config` (a mapping, or its JSON text as the command line gives it)
+    as ModelConfig keeps it: sorted (key, value) pairs."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"override_generation_config: not valid JSON: {exc}") from None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"override_generation_config must be a mapping such as {{\"temperature\": 0.5}}, got {value!r}")
+    return tuple(sorted(value.items()))
 
 
 ENGINE_OPTIONS = tuple(inspect.signature(engine_config).parameters)  # model, tokenizer, dtype ...: its keyword names

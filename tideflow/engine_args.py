@@ -9,8 +9,10 @@ a usage error naming the flag (exit 2) before anything starts.
 from __future__ import annotations
 
 import argparse
+import json
 
-from tideflow.config import KERNEL_BACKENDS
+from tideflow.config import KERNEL_BACKENDS, generation_config_source
+from tideflow.sampling_params import generation_config_defaults
 
 DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
 MODEL_IMPLS = ("auto", "tideflow", "transformers")
@@ -32,6 +34,29 @@ def _int_at_least(minimum: int):
 
 
 _positive, _nonnegative = _int_at_least(1), _int_at_least(0)
+
+
+def _generation_config(text: str) -> str:
+    """An argparse type: "auto", "vllm" or a directory holding generation_config.json."""
+    try:
+        return generation_config_source(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("generation_config: ")) from None
+
+
+def _override_generation_config(text: str) -> dict:
+    """An argparse type: a JSON object of generation-config keys, '{"temperature": 0.5}'."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"temperature\": 0.5}}', got {text!r}")
+    try:
+        generation_config_defaults(value, "override", strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("override: ")) from None
+    return value
 
 
 def add_engine_args(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
@@ -59,6 +84,12 @@ def add_engine_args(parser: argparse.ArgumentParser, *, seed: bool = True) -> No
     group.add_argument("--model-impl", default=None, choices=MODEL_IMPLS, help="whose forward runs the model")
     group.add_argument("--chat-template", default=None,
                        help="a Jinja chat template, or a file holding one, in place of the tokenizer's")
+    group.add_argument("--generation-config", default=None, type=_generation_config,
+                       help="request defaults: 'auto' takes the model's generation_config.json (temperature, top_p, "
+                            "top_k, min_p, repetition_penalty, max_new_tokens) for the fields a request leaves unset, "
+                            "'vllm' ignores it, a directory: its generation_config.json (default: auto)")
+    group.add_argument("--override-generation-config", default=None, type=_override_generation_config,
+                       help="generation-config keys laid over those defaults, as JSON: '{\"temperature\": 0.5}'")
     group.add_argument("--trust-remote-code", action="store_true", default=None, help="allow a checkpoint's own code")
     if seed:
         group.add_argument("--seed", type=_nonnegative, default=None, help="the engine's random seed")
@@ -68,6 +99,7 @@ ENGINE_ARG_NAMES = (
     "tokenizer", "dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size",
     "kv_cache_memory_bytes", "num_kv_blocks", "enable_prefix_caching", "enable_chunked_prefill",
     "tensor_parallel_size", "kernel_backend", "model_impl", "trust_remote_code", "chat_template",
+    "generation_config", "override_generation_config",
 )
 
 

@@ -24,9 +24,11 @@ class LLM:
         tokenizer, dtype ("auto" | "float32" | "float64" | "bfloat16" | "float16"), seed,
         max_model_len, block_size, num_kv_blocks, kv_cache_memory_bytes,
         enable_prefix_caching, enable_chunked_prefill, max_num_seqs, max_num_batched_tokens,
-        kernel_backend, model_impl, device, trust_remote_code, chat_template (see
-        `tideflow.config.engine_config`). A GGUF checkpoint: `model` names the .gguf file, or a
-        directory holding `gguf_file` (converted once into a cached directory, tideflow.models.gguf)."""
+        kernel_backend, model_impl, device, trust_remote_code, chat_template, generation_config,
+        override_generation_config (see `tideflow.config.engine_config`). A GGUF checkpoint:
+        `model` names the .gguf file, or a directory holding `gguf_file` (converted once into a
+        cached directory, tideflow.models.gguf)."""
+        from tideflow.models.generation_defaults import generation_defaults
         from tideflow.models.gguf import resolve_model
         from tideflow.models.image_spec import ImagePromptSpec
         from tideflow.runtime.engine.driver import EngineDriver
@@ -41,9 +43,19 @@ class LLM:
         )
         self._driver = EngineDriver(engine, keep_outputs=True)
         self._ids = itertools.count()
+        # what `generate` and `chat` sample with when given no sampling_params (vLLM's semantics)
+        self.generation_defaults = generation_defaults(engine.config.model)
+        self.generation_defaults.log_applied("LLM")
 
     def get_tokenizer(self):
         return self.engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """The sampling parameters of a call without `sampling_params`: `SamplingParams()` with
+        the model's generation-config defaults (temperature, top_p, top_k, min_p,
+        repetition_penalty, max_new_tokens as max_tokens) in place, unless
+        `generation_config="vllm"`. An explicit `SamplingParams()` is taken as it is."""
+        return self.generation_defaults.sampling_params()
 
     # -- generation ---------------------------------------------------------------------------
     def generate(
@@ -54,7 +66,10 @@ class LLM:
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in the order of the prompts.
-        Every prompt is validated before any is queued, so a bad one leaves the engine untouched."""
+        Every prompt is validated before any is queued, so a bad one leaves the engine untouched.
+        Without `sampling_params`, `get_default_sampling_params()` applies."""
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
         prompts, params = normalize(prompts, sampling_params)
         processed = [self.prompts.process(p) for p in prompts]
         for p, sp in zip(processed, params):

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 _GREEDY_EPS = 1e-5  # temperatures below this decode greedily
+
+# The keys of a generation_config.json that become a model's default sampling parameters (the
+# ones vLLM takes; do_sample and the rest are ignored, as vLLM ignores them), and the
+# SamplingParams field each one sets (HF's max_new_tokens is vLLM's max_tokens)
+GENERATION_CONFIG_FIELDS = {
+    "repetition_penalty": "repetition_penalty",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "max_new_tokens": "max_tokens",
+}
 
 
 @dataclass(frozen=True)
@@ -78,3 +92,25 @@ class SamplingParams:
 
     def replace(self, **changes) -> "SamplingParams":
         return dataclasses.replace(self, **changes)
+
+
+def generation_config_defaults(config: Mapping[str, Any], where: str, *, strict: bool = False) -> dict[str, Any]:
+    """The SamplingParams fields a generation config sets: its `GENERATION_CONFIG_FIELDS` keys
+    whose values are not null, as field -> value, checked by SamplingParams' rules. `strict`
+    makes any other key an error (an override names only these). ValueError names `where` and
+    the generation-config key."""
+    keys = {name: key for key, name in GENERATION_CONFIG_FIELDS.items()}
+    if strict:
+        unknown = sorted(set(config) - set(GENERATION_CONFIG_FIELDS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(GENERATION_CONFIG_FIELDS)}")
+    fields = {GENERATION_CONFIG_FIELDS[k]: v for k, v in config.items() if k in GENERATION_CONFIG_FIELDS and v is not None}
+    for name, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: {keys[name]} must be a number, got {value!r}")
+    try:
+        SamplingParams(**fields)
+    except ValueError as exc:  # "max_tokens must be at least 1, got 0": name the file's key
+        name, rule = str(exc).split(" ", 1)
+        raise ValueError(f"{where}: {keys.get(name, name)} {rule}") from None
+    return fields

@@ -40,7 +40,9 @@ def run(
     send their rows through it, and the caller shuts it down after consuming the dataset).
     Prompts come from `prompt_column` (text, or token ids as `list<int>`) or
     `messages_column` (chat conversations); with neither, from a column named "prompt".
-    `max_tokens_column` (optional) gives rows their own max_tokens.
+    `max_tokens_column` (optional) gives rows their own max_tokens. Without `sampling_params`,
+    rows sample with the model's generation-config defaults (`default_sampling_params`), as
+    `LLM.generate` does without them.
     `concurrency` is a fixed pool size or `(min, max)` for Ray Data to autoscale between;
     `batches_per_actor` batches run at once in each actor, sharing its engine (so its
     continuous batching does not drain at the end of every batch).
@@ -89,11 +91,10 @@ def generator_spec(model_or_graph, *, prompt_column=None, messages_column=None, 
             raise ValueError(f"{name} must be a non-empty column name, got {value!r}")
     if prompt_column is None and messages_column is None:
         prompt_column = "prompt"
-    params = SamplingParams() if sampling_params is None else sampling_params
-    if not isinstance(params, SamplingParams):
-        raise ValueError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
-    if params.n != 1:
-        raise ValueError(f"sampling_params.n must be 1 in a batch job (one completion per row), got {params.n}")
+    if sampling_params is not None and not isinstance(sampling_params, SamplingParams):
+        raise ValueError(f"sampling_params must be a SamplingParams, got {type(sampling_params).__name__}")
+    if sampling_params is not None and sampling_params.n != 1:
+        raise ValueError(f"sampling_params.n must be 1 in a batch job (one completion per row), got {sampling_params.n}")
     options = dict(engine_options or {})
     handle = None
     if hasattr(model_or_graph, "generate") and hasattr(model_or_graph, "graph"):  # a deployed GraphHandle
@@ -106,8 +107,31 @@ def generator_spec(model_or_graph, *, prompt_column=None, messages_column=None, 
         model = os.fspath(model_or_graph)
     else:
         raise ValueError(f"model_or_graph: expected a model directory or a deployed graph, got {type(model_or_graph).__name__}")
+    # none given: the model's generation-config defaults, as LLM.generate without sampling_params
+    params = default_sampling_params(model_or_graph, engine_options) if sampling_params is None else sampling_params
     return GeneratorSpec(model, params, prompt_column, messages_column, options, handle,
                          max_tokens_column=max_tokens_column)
+
+
+def default_sampling_params(model_or_graph, engine_options: dict | None = None,
+                            base: SamplingParams | None = None) -> SamplingParams:
+    """`base` (default: `SamplingParams()`) with the model's generation-config defaults in place
+    of its values (those `engine_options`' generation_config and override_generation_config
+    select; a deployed graph's own), as `LLM.get_default_sampling_params` gives them. Logs
+    which, once. ValueError names a bad generation config."""
+    from tideflow.config import override_generation_config_pairs
+    from tideflow.models.generation_defaults import generation_defaults, load_generation_defaults
+
+    if hasattr(model_or_graph, "graph"):  # a deployed GraphHandle
+        defaults = generation_defaults(_graph_model_config(model_or_graph.graph))
+    else:
+        options = engine_options or {}
+        defaults = load_generation_defaults(
+            os.fspath(model_or_graph), options.get("generation_config", "auto"),
+            override_generation_config_pairs(options.get("override_generation_config")),
+        )
+    defaults.log_applied("batch")
+    return defaults.sampling_params(base)
 
 
 def check_pool_args(concurrency, batch_size, batches_per_actor, num_cpus, num_gpus) -> int | tuple[int, int]:

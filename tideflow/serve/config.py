@@ -120,8 +120,20 @@ class ServeConfig:
         if model is not None and not _model_exists(model):
             raise ValueError(f"model {model!r} is neither a model directory (with config.json), a .gguf file, "
                              "nor an org/name hub id")
+        _check_generation_options(self.engine_options)
         name = self.served_model_name or os.path.basename(os.path.normpath(named))
         return dataclasses.replace(self, model=model, served_model_name=name)
+
+
+def _check_generation_options(options: Mapping[str, Any]) -> None:
+    """The generation-config options name a directory and sampling keys: ValueError, before
+    anything starts, when the directory has no generation_config.json or a key is wrong."""
+    from tideflow.config import generation_config_source, override_generation_config_pairs
+    from tideflow.sampling_params import generation_config_defaults
+
+    generation_config_source(options.get("generation_config", "auto"))
+    pairs = override_generation_config_pairs(options.get("override_generation_config"))
+    generation_config_defaults(dict(pairs), "override_generation_config", strict=True)
 
 
 def _model_exists(model: str) -> bool:

@@ -1,5 +1,6 @@
 """`ModelInfo`: what the server needs to know about the model to validate requests before
-they reach the graph (vocabulary size, context length, the tokenizer) and to render tokens.
+they reach the graph (vocabulary size, context length, the tokenizer), the defaults of the
+sampling fields a request leaves unset (the model's generation config), and to render tokens.
 
 Its `PromptProcessor` reads the same config.json and tokenizer the graph's stages load, so a
 prompt the server admits is one the engine accepts, and the server tokenizes each prompt once:
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tideflow.models.generation_defaults import GenerationDefaults, load_generation_defaults
 from tideflow.runtime.engine.prompt_processor import PromptProcessor
 
 
@@ -20,16 +22,21 @@ class ModelInfo:
     path: str  # model directory (or hub id)
     prompts: PromptProcessor  # the prompt front door: tokenizer, chat template, vocabulary and context checks
     created: int  # unix time the server started (the `created` of /v1/models)
+    # the defaults of sampling fields a request leaves unset (tideflow.models.generation_defaults)
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     _texts: dict = field(default_factory=dict, compare=False, repr=False)  # token id -> its text
 
     @classmethod
     def load(cls, name: str, path: str, *, tokenizer: str | None = None, max_model_len: int | None = None,
-             trust_remote_code: bool = False, chat_template: str | None = None) -> ModelInfo:
+             trust_remote_code: bool = False, chat_template: str | None = None, generation_config: str = "auto",
+             override_generation_config=()) -> ModelInfo:
+        """`generation_config` and `override_generation_config` as the engine options take them."""
         import time
 
         prompts = PromptProcessor.load(path, tokenizer=tokenizer, max_model_len=max_model_len,
                                        trust_remote_code=trust_remote_code, chat_template=chat_template)
-        return cls(name=name, path=path, prompts=prompts, created=int(time.time()))
+        generation = load_generation_defaults(path, generation_config, override_generation_config)
+        return cls(name=name, path=path, prompts=prompts, created=int(time.time()), generation=generation)
 
     @property
     def tokenizer(self) -> Any:

@@ -3,6 +3,11 @@
 Everything a client can get wrong is checked here, before anything is submitted, so a bad
 request is a 400 that leaves no trace in the graph: the model name, ranges of the sampling
 fields, token ids against the vocabulary, and prompt + max_tokens against the context length.
+
+A sampling field the request leaves unset takes the model's generation-config default
+(`ModelInfo.generation`: temperature, top_p, top_k, min_p, repetition_penalty, max_tokens),
+else the API's own default, as vLLM's server does; a field the request sets, `"temperature": 0`
+included, is taken as it is.
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ def prepare_completion(req: CompletionRequest, info: ModelInfo) -> Prepared:
     if req.echo and req.logprobs is not None:
         raise bad_request("'echo' together with 'logprobs' is not supported", "echo", code="unsupported_parameter")
     prompts, texts, lengths = _completion_prompts(req.prompt, info)
-    params = _sampling(req, info, lengths, req.max_tokens, "max_tokens", req.logprobs, "logprobs", "prompt")
+    # unset, not null: an explicit null asks for the whole context, as it always has
+    unset = "max_tokens" not in req.model_fields_set
+    params = _sampling(req, info, lengths, req.max_tokens, "max_tokens", req.logprobs, "logprobs", "prompt", unset)
     return Prepared(prompts, texts, lengths, params, req.stream, _include_usage(req), req.logprobs, req.echo,
                     req.return_tokens_as_token_ids)
 
@@ -78,7 +85,7 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
     param, max_tokens = "max_completion_tokens", req.max_completion_tokens
     if max_tokens is None:
         param, max_tokens = "max_tokens", req.max_tokens
-    params = _sampling(req, info, [num_tokens], max_tokens, param, top, "top_logprobs", "messages")
+    params = _sampling(req, info, [num_tokens], max_tokens, param, top, "top_logprobs", "messages", max_tokens is None)
     # templated and tokenized here, once: the graph's tokenizer stage passes the ids through
     prompt = {"messages": messages, "prompt": text, "prompt_token_ids": ids}
     if images:
@@ -154,7 +161,9 @@ def _include_usage(req) -> bool:
 
 
 def _sampling(req, info: ModelInfo, lengths: list[int], max_tokens: int | None, max_tokens_param: str,
-              logprobs: int | None, logprobs_param: str, prompt_param: str) -> SamplingParams:
+              logprobs: int | None, logprobs_param: str, prompt_param: str, max_tokens_unset: bool) -> SamplingParams:
+    """The request's SamplingParams: the fields it sets, the model's defaults for those it
+    leaves unset, the API's defaults for the rest."""
     if not 1 <= req.n <= MAX_N:
         raise bad_request(f"'n' must be in [1, {MAX_N}], got {req.n}", "n")
     if req.logit_bias:
@@ -168,24 +177,32 @@ def _sampling(req, info: ModelInfo, lengths: list[int], max_tokens: int | None, 
     for t in req.stop_token_ids or ():
         if not 0 <= t < info.vocab_size:
             raise bad_request(f"stop token id {t} is outside the vocabulary [0, {info.vocab_size})", "stop_token_ids")
+    defaults = info.generation.fields  # the model's generation-config defaults
     longest = max(lengths)
     if longest >= info.max_model_len:
         raise _too_long(info, longest, max_tokens, prompt_param)
+    if max_tokens_unset and "max_tokens" in defaults:
+        # the model's default, cut to the room the prompt leaves (vLLM takes the smaller too)
+        max_tokens = min(defaults["max_tokens"], info.max_model_len - longest)
     if max_tokens is not None:
         if max_tokens <= 0:
             raise bad_request(f"'{max_tokens_param}' must be at least 1, got {max_tokens}", max_tokens_param)
         if longest + max_tokens > info.max_model_len:
             raise _too_long(info, longest, max_tokens, max_tokens_param)
-    top_k = req.top_k
-    if top_k is not None and top_k > info.vocab_size:
+
+    def unset_or(value, name: str, api_default):
+        return value if value is not None else defaults.get(name, api_default)
+
+    top_k = unset_or(req.top_k, "top_k", 0)
+    if top_k > info.vocab_size:
         top_k = info.vocab_size  # the same as no cut, and it fits the engine's int32
     fields = dict(
         n=req.n,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=0 if top_k is None else top_k,
-        min_p=0.0 if req.min_p is None else req.min_p,
-        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        temperature=unset_or(req.temperature, "temperature", 1.0),
+        top_p=unset_or(req.top_p, "top_p", 1.0),
+        top_k=top_k,
+        min_p=unset_or(req.min_p, "min_p", 0.0),
+        repetition_penalty=unset_or(req.repetition_penalty, "repetition_penalty", 1.0),
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         seed=req.seed,

@@ -27,7 +27,8 @@ class _Sampling(_Body):
 
     model: str | None = None  # None -> the served model
     n: int = 1  # completions per prompt
-    temperature: float | None = None  # None -> 1.0
+    # unset sampling fields (None) take the model's generation-config default, else the API's
+    temperature: float | None = None  # None -> the model's default, else 1.0
     top_p: float | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -51,7 +52,7 @@ class _Sampling(_Body):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = 16  # None -> up to the context length
+    max_tokens: int | None = 16  # unset -> the model's default, else 16; null -> up to the context length
     logprobs: int | None = None  # top logprobs per generated token
     echo: bool = False  # the prompt's text before each completion
     best_of: int | None = None  # only == n (or unset) is supported

@@ -246,7 +246,8 @@ def build_asgi_app(server: OpenAIServer):
 def _model_info(config: ServeConfig, graph) -> ModelInfo:
     """The model limits of `graph`: its tokenizer from the first stage's model config,
     config.json from the first stage that names a model, max_model_len from any stage that
-    sets it (stages in the order the graph added them)."""
+    sets it, the generation-config options from any stage that sets them (stages in the order
+    the graph added them)."""
     compiled = graph.compile()  # parses each stage's options (a bad one fails here, naming it)
     models = [compiled.configs[spec.name].engine for spec in graph.stages]
     models = [engine.model for engine in models if engine is not None]
@@ -254,9 +255,16 @@ def _model_info(config: ServeConfig, graph) -> ModelInfo:
     source = first.model if first is not None else None
     model = models[0].model  # the graph's (a GGUF file's converted directory, when --model named one)
     max_len = next((m.max_model_len for m in models if m.max_model_len), None)
-    return ModelInfo.load(config.served_model_name, str(model), tokenizer=source.tokenizer if source else None,
+    # the generation-config options of the stage that sets them (the engine's: text stages get none)
+    generation = next((m for m in models if (m.generation_config, m.override_generation_config) != ("auto", ())),
+                      models[0])
+    info = ModelInfo.load(config.served_model_name, str(model), tokenizer=source.tokenizer if source else None,
                           max_model_len=max_len, trust_remote_code=source.trust_remote_code if source else False,
-                          chat_template=source.chat_template if source else None)
+                          chat_template=source.chat_template if source else None,
+                          generation_config=generation.generation_config,
+                          override_generation_config=generation.override_generation_config)
+    info.generation.log_applied(f"model {config.served_model_name!r}")
+    return info
 
 
 async def _read_json(request) -> dict:

@@ -193,10 +193,12 @@ def _fits(value: Any, hint) -> bool:
             return True
         if kind is tuple and isinstance(value, (list, tuple)):
             return True
+        if kind is dict and isinstance(value, Mapping):
+            return True
     return False
 
 
 def _type_name(hint) -> str:
     names = {type(None): "None", bool: "a bool", int: "an integer", float: "a number", str: "a string",
-             tuple: "a list"}
+             tuple: "a list", dict: "a mapping"}
     return " or ".join(names.get(kind, getattr(kind, "__name__", str(kind))) for kind in _members(hint))

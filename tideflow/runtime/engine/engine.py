@@ -37,6 +37,7 @@ class Engine:
             )
         import torch
 
+        from tideflow.models.generation_defaults import generation_defaults
         from tideflow.models.loader import eos_token_ids, load_model, load_tokenizer, model_max_len, uniform_sliding_window
         from tideflow.runtime.engine.attention import PagedKVCache, attend_function, attention_kernels, register_attention
         from tideflow.runtime.engine.detokenizer import Detokenizer
@@ -55,7 +56,10 @@ class Engine:
         self.tokenizer = load_tokenizer(mc.tokenizer or mc.model, trust_remote_code=mc.trust_remote_code)
         self.max_model_len = mc.max_model_len or model_max_len(self.hf_config)
         self.vocab_size = self.hf_config.get_text_config().vocab_size
-        self.eos_token_ids = frozenset(eos_token_ids(self.hf_config, _generation_config(mc.model), self.tokenizer))
+        # the generation config's eos ids stop a sequence as the model's own do (vLLM adds them as
+        # stop tokens); which file names them follows `generation_config`
+        generation = generation_defaults(mc)
+        self.eos_token_ids = frozenset(eos_token_ids(self.hf_config, None, self.tokenizer)) | set(generation.eos_token_ids)
         self.config = config = self._resolve(config)
 
         hf = self.hf_config.get_text_config()
@@ -310,13 +314,3 @@ def _packed_decoder(model, model_impl: str, attend):
         raise ValueError(f"model_impl='tideflow' cannot run this model: {reason}")
     logger.info("%s: transformers forward (%s)", name, reason)
     return None
-
-
-def _generation_config(path: str):
-    """The checkpoint's generation_config.json, or None when it has none."""
-    from transformers import GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(path)
-    except (OSError, ValueError):
-        return None
