@@ -40,10 +40,10 @@ class Detokenizer(StageRole):
 
     def __init__(self, context: StageContext):
         super().__init__(context)
-        from tideflow.models import load_tokenizer
+        from tideflow.models.text_tokenizer import load_text_tokenizer
 
-        model = context.config.model
-        tokenizer = load_tokenizer(model.tokenizer or model.model, model.trust_remote_code)
+        model = context.config.model  # tokenizer.json through `tokenizers`: no torch in this process
+        tokenizer = load_text_tokenizer(model.tokenizer or model.model, model.trust_remote_code)
         self.detok = IncrementalDetokenizer(tokenizer)
         self.live: dict[tuple[str, int], _Completion] = {}
         self.finished: dict[tuple[str, int], None] = {}  # insertion-ordered, bounded

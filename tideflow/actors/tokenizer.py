@@ -1,6 +1,7 @@
 """The Tokenizer role: request rows (text, chat messages or token ids) -> token ids, through the
 prompt front door (`PromptProcessor`). Rows that arrive with token ids (the server tokenized
-them already) pass through untouched."""
+them already) pass through untouched. It loads config.json and tokenizer.json without torch or
+transformers (`PromptProcessor.load`), so its actor starts in a fraction of a model stage's time."""
 
 from __future__ import annotations
 

@@ -3,10 +3,9 @@
 The prompt column holds text (`string`) or token ids (`list<int>`); the messages column holds
 chat conversations, as `list<struct<role, content>>` or as JSON text (csv). Text is tokenized
 as `LLM.generate` does and conversations get the chat template as `LLM.chat` does, through the
-same `PromptProcessor`;
-token id columns are unpacked from their Arrow buffers by `pack_tokens`. A row that cannot
-become a prompt (null, empty, the wrong type, a malformed conversation) gets an error naming
-the column instead; only a missing column is a ValueError, since then no row can run.
+same `PromptProcessor`; token id columns are sliced out of their Arrow buffers. A row that
+cannot become a prompt (null, empty, the wrong type, a malformed conversation) gets an error
+naming the column instead; only a missing column is a ValueError, since then no row can run.
 """
 
 from __future__ import annotations
@@ -86,8 +85,8 @@ def _text_prompts(column: pa.Array, name: str, prompts: PromptProcessor) -> Batc
 
 
 def _token_id_prompts(column: pa.Array, name: str) -> BatchPrompts:
-    from tideflow.kernels.arrow_pack import pack_tokens
-
+    """Each row's ids sliced out of the list column's values buffer at its offsets (numpy views
+    of the Arrow buffers: no per-token Python loop, and no torch in a batch actor)."""
     rows = len(column)
     out = BatchPrompts([None] * rows, [None] * rows, [None] * rows)
     try:
@@ -102,14 +101,13 @@ def _token_id_prompts(column: pa.Array, name: str) -> BatchPrompts:
             out.fail(int(row), f"{name}: the token ids hold a null")
         missing = missing.copy()
         missing[holders] = True
-    filled = pc.if_else(pa.array(missing), pa.scalar([], pa.list_(pa.int32())), ids32)
-    packed = pack_tokens(filled.combine_chunks() if isinstance(filled, pa.ChunkedArray) else filled)
-    flat, cu = packed.input_ids.numpy(), packed.cu_seqlens.numpy()
+    offsets = ids32.offsets.to_numpy()  # this (possibly sliced) array's rows, into the whole values buffer
+    values = pc.fill_null(ids32.values, 0).to_numpy(zero_copy_only=False)
     for row in range(rows):
         if missing[row]:
             out.errors[row] = out.errors[row] or f"{name}: the prompt is missing (null)"
         else:
-            out.token_ids[row] = flat[cu[row] : cu[row + 1]].tolist()
+            out.token_ids[row] = values[offsets[row] : offsets[row + 1]].tolist()
     return out
 
 

@@ -1,7 +1,7 @@
 """Batch throughput: the `tideflow batch` path against the offline engine on the same rows.
 
 Rows are the seeded `mixed` trace: prompts as token ids (a `list<int32>` column, which the
-batch actors unpack with `pack_tokens`) and each row's output length in a `max_tokens`
+batch actors slice out of its Arrow buffers) and each row's output length in a `max_tokens`
 column; greedy with EOS ignored, so both systems generate exactly the same tokens. In one
 run, first the offline engine (`LLM.generate` over every row at once; model loaded and warmed
 up outside its time), then the batch job end to end (`run_job`: actor start-up and model

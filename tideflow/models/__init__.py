@@ -1,6 +1,8 @@
 """Loading Hugging Face models and tokenizers.
 
-`torch` and `transformers` are imported lazily, inside the loader's functions.
+`torch` and `transformers` are imported lazily, inside the loader's functions. The text-only
+processes load `text_tokenizer.TextTokenizer`, `chat_template` and `json_config` instead,
+which never import either.
 Tiny random checkpoints for tests live in `tideflow.testing.tiny_models`.
 """
 

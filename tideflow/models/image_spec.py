@@ -19,7 +19,7 @@ class ImagePromptSpec:
     @classmethod
     def from_config(cls, hf_config: Any) -> ImagePromptSpec | None:
         """The spec of a LLaVA-style config (a `vision_config` and an image token id); None
-        for a text-only model. Tokens per image follow the processor: one per patch, plus the
+        for a text-only model. `hf_config`: a transformers config or a `JsonConfig`. Tokens per image follow the processor: one per patch, plus the
         CLS token unless the "default" feature strategy drops it."""
         vision = getattr(hf_config, "vision_config", None)
         token_id = getattr(hf_config, "image_token_id", None)

@@ -161,7 +161,8 @@ def num_routed_experts(hf_config: Any) -> int:
 
 
 def model_max_len(hf_config: Any) -> int:
-    """The model's context length from its config (the text config for multimodal ones)."""
+    """The model's context length from its config (the text config for multimodal ones);
+    `hf_config`: a transformers config or a `JsonConfig` (tideflow.models.json_config)."""
     get_text_config = getattr(hf_config, "get_text_config", None)
     configs = [get_text_config(), hf_config] if callable(get_text_config) else [hf_config]
     for config in configs:

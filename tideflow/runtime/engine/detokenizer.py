@@ -20,7 +20,7 @@ class Detokenizer:
     the newest `seq.logprobs` entry; reads everything else."""
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer  # a transformers fast tokenizer
+        self.tokenizer = tokenizer  # a TextTokenizer or a transformers fast tokenizer
         backend = getattr(tokenizer, "backend_tokenizer", None)
         # The Rust backend directly: same text as tokenizer.decode without its per-call Python
         # overhead (and without clean_up_tokenization_spaces, which incremental decoding cannot honour).

@@ -67,7 +67,7 @@ class PromptProcessor:
 
     def __init__(self, tokenizer: Any, vocab_size: int, max_model_len: int, image_spec: ImagePromptSpec | None = None,
                  chat_template: str | None = None):
-        self.tokenizer = tokenizer  # a transformers tokenizer
+        self.tokenizer = tokenizer  # a TextTokenizer, or a transformers tokenizer (LLM: the engine's)
         self.chat_template = chat_template  # replaces the tokenizer's template; None: the tokenizer's own
         self.vocab_size = vocab_size  # token ids must be in [0, vocab_size)
         self.max_model_len = max_model_len  # prompt + generated tokens
@@ -82,18 +82,28 @@ class PromptProcessor:
     @classmethod
     def load(cls, model: str, *, tokenizer: str | None = None, max_model_len: int | None = None,
              trust_remote_code: bool = False, chat_template: str | None = None) -> PromptProcessor:
-        """A processor for a model directory: its config and tokenizer, nothing of its weights."""
-        from transformers import AutoConfig
+        """A processor for a model directory: its config and tokenizer, nothing of its weights.
+        config.json is read with `json` and the tokenizer is a `TextTokenizer` (tokenizers and
+        jinja2), so a text-only process never imports torch or transformers. A hub id goes
+        through transformers, and so does a tokenizer on which `TextTokenizer` would differ
+        from `AutoTokenizer` (see `tideflow.models.text_tokenizer.text_tokenizer_problem`)."""
+        from tideflow.models import model_max_len
+        from tideflow.models.json_config import read_json_config
+        from tideflow.models.text_tokenizer import load_text_tokenizer
 
-        from tideflow.models import load_tokenizer, model_max_len
+        config = read_json_config(model)
+        if config is None or config.vocab_size is None:
+            from transformers import AutoConfig
 
-        hf_config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
-        vocab = getattr(hf_config, "vocab_size", None) or hf_config.get_text_config().vocab_size
+            config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+            vocab = getattr(config, "vocab_size", None) or config.get_text_config().vocab_size
+        else:
+            vocab = config.vocab_size
         return cls(
-            load_tokenizer(tokenizer or model, trust_remote_code),
+            load_text_tokenizer(tokenizer or model, trust_remote_code),
             int(vocab),
-            int(max_model_len or model_max_len(hf_config)),
-            ImagePromptSpec.from_config(hf_config),
+            int(max_model_len or model_max_len(config)),
+            ImagePromptSpec.from_config(config),
             chat_template,
         )
 
@@ -109,11 +119,16 @@ class PromptProcessor:
     def render_chat(self, messages: list[dict], *, add_generation_prompt: bool = True,
                     chat_template: str | None = None) -> str:
         """A conversation as text, through the given chat template, else this processor's, else
-        the tokenizer's."""
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-            chat_template=chat_template if chat_template is not None else self.chat_template,
-        )
+        the tokenizer's. A template that fails (its `raise_exception` included) is a ValueError."""
+        from jinja2 import TemplateError
+
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                chat_template=chat_template if chat_template is not None else self.chat_template,
+            )
+        except TemplateError as exc:  # a transformers tokenizer's template failed
+            raise ValueError(f"chat template: {exc}") from exc
 
     def encode_chat(self, messages: list[dict], *, add_generation_prompt: bool = True,
                     chat_template: str | None = None) -> tuple[str, list[int]]:
