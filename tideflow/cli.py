@@ -9,7 +9,8 @@ import sys
 def _demo(args: argparse.Namespace) -> int:
     from tideflow.serve.demo import run_demo
 
-    run_demo(model=args.model, num_requests=args.num_requests, max_tokens=args.max_tokens, port=args.port)
+    run_demo(model=args.model, num_requests=args.num_requests, max_tokens=args.max_tokens, port=args.port,
+             verbose=args.verbose)
     return 0
 
 
@@ -145,17 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
-        "demo", help="serve the embedded default model and stream greedy completions of Python prompts through it"
+        "demo", help="serve the default model (SmolLM2-135M-Instruct) and stream chat answers through the openai client"
     )
-    demo.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
+    demo.add_argument("--model", default=None,
+                      help="model directory or .gguf file (default: SmolLM2-135M-Instruct, else the embedded code model)")
     demo.add_argument("--num-requests", "--num-prompts", dest="num_requests", type=int, default=3,
-                      help="streamed completion requests to send")
+                      help="questions to ask before the multi-turn conversation (completion prompts for a model "
+                           "without a chat template)")
     demo.add_argument("--port", type=int, default=0, help="HTTP port (default: any free port)")
-    demo.add_argument("--max-tokens", type=int, default=48)
+    demo.add_argument("--max-tokens", type=int, default=64, help="at most this many tokens per answer")
+    demo.add_argument("--verbose", action="store_true", help="show Ray's, Serve's and tideflow's INFO logs")
     demo.set_defaults(func=_demo)
 
     serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API with Ray Serve")
-    serve.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
+    serve.add_argument("--model", default=None, help="model directory or .gguf file "
+                       "(default: SmolLM2-135M-Instruct when installed, else the embedded code model)")
     serve.add_argument("--graph", default="colocated", help="a built-in graph (colocated | disaggregated | multimodal | moe) or a graph YAML file")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free port)")

@@ -67,8 +67,28 @@ def smollm2():
     return str(path), gguf.resolve_model(str(path))
 
 
+# ~300 tokens of plain prose, for prompts that span many KV blocks and prefill chunks
+_LONG = (
+    "The history of the lighthouse is a history of coastlines, trade and the slow work of making the sea "
+    "less dangerous. Early lights were fires kept burning on hills near harbours, tended by watchmen who "
+    "were paid by the ships that came in safely. Later, towers of stone rose on headlands and islands, and "
+    "their keepers lived beside the lamp through storms and long winters, trimming wicks and polishing "
+    "lenses. The invention of the Fresnel lens made each light visible from much farther away, because it "
+    "gathered the light of a single flame into a narrow beam. Each lighthouse was given its own pattern of "
+    "flashes, so that a sailor could tell one from another at night and find his place on the chart. "
+    "Fog signals, bells and horns were added where mist often hid the light. In the twentieth century "
+    "electric lamps replaced oil, and automatic machinery replaced most keepers, so that today many towers "
+    "stand empty, their lights switched on and off by timers and watched from far away. Some have become "
+    "museums, hotels or homes, and people visit them to climb the narrow stairs and look out over the water. "
+    "Ships now carry satellite receivers that give their position to within a few metres, yet the old towers "
+    "are still kept lit in many places, because a light seen with one's own eyes is a check that no failing "
+    "instrument can take away, and because sailors trust what has guided their grandparents home. "
+)
+
+
 @needs_smollm2
 def test_smollm2_greedy_tokens_equal_transformers(smollm2):
+    """8 prompts: plain and chat-formatted, short and ~300 tokens, decoded together (one batch)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,14 +99,61 @@ def test_smollm2_greedy_tokens_equal_transformers(smollm2):
     assert llm.engine.config.model.model == directory  # the cached conversion, reused
     tok = AutoTokenizer.from_pretrained(directory)
     hf = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    chat = tok.apply_chat_template([{"role": "user", "content": "Name three colours."}], tokenize=False,
-                                   add_generation_prompt=True)
-    prompts = ["The capital of France is", "def fibonacci(n):", chat]
-    outs = llm.generate(prompts, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True), use_tqdm=False)
+
+    def chat(text):
+        return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+    plain = ["The capital of France is", "def fibonacci(n):", _LONG + "In short,", "Summary: " + _LONG]
+    chats = [chat("Name three colours."), chat("What is 2 + 2?"), chat(_LONG + "Who kept the lights?"),
+             chat("Summarise this text in one sentence: " + _LONG)]
+    prompts = plain + chats
+    lengths = [len(tok(p, add_special_tokens=p in plain).input_ids) for p in prompts]
+    assert max(lengths) >= 280 and sum(n >= 250 for n in lengths) == 4, lengths
+    # both stop at the end-of-turn token (HF's min_new_tokens would mask it, which ignore_eos does not)
+    outs = llm.generate(prompts, SamplingParams(max_tokens=12, temperature=0), use_tqdm=False)
     for prompt, out in zip(prompts, outs):
-        ids = tok(prompt, return_tensors="pt", add_special_tokens=prompt is not chat).input_ids
-        ref = hf.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
-        assert out.outputs[0].token_ids == ref, prompt
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=prompt in plain).input_ids
+        ref = hf.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
+        assert out.outputs[0].token_ids == ref, prompt[:60]
+
+
+@needs_smollm2
+def test_a_tokenizer_directory_replaces_the_gguf_tokenizer(smollm2, tmp_path):
+    """`tokenizer=` (`--tokenizer DIR`) wins over the GGUF's own tokenizer and chat template."""
+    import shutil
+
+    from tideflow import LLM, SamplingParams
+
+    path, directory = smollm2
+    tokenizer_dir = tmp_path / "tokenizer"
+    tokenizer_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(directory) / name).is_file():
+            shutil.copy(Path(directory) / name, tokenizer_dir / name)
+    (tokenizer_dir / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ m['role'] | upper }}> {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT> {% endif %}")
+    llm = LLM(path, tokenizer=str(tokenizer_dir), dtype="float32")
+    (out,) = llm.chat([{"role": "user", "content": "Hello"}], SamplingParams(max_tokens=1, temperature=0),
+                      use_tqdm=False)
+    assert out.prompt == "USER> Hello\nASSISTANT> "
+
+
+def test_an_architecture_transformers_cannot_load_is_a_clear_error(tmp_path, cache_dir):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path / "rwkv.gguf"
+    writer = GGUFWriter(str(path), "rwkv6")  # a real GGUF, of an architecture transformers has no GGUF mapping for
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match=r"cannot load GGUF file .*rwkv\.gguf.*architecture rwkv6 is not supported"):
+        gguf.resolve_model(str(path))
+    assert not any(cache_dir.iterdir())
 
 
 @needs_smollm2

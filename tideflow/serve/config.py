@@ -107,13 +107,14 @@ class ServeConfig:
 
     def resolved(self) -> ServeConfig:
         """The config with `served_model_name` filled in, and `model` for the built-in graphs
-        (the embedded default model, written on first use, when none is named). A YAML graph
+        (the default model, SmolLM2-135M-Instruct or the embedded fallback, when none is named;
+        a GGUF file's name loses its `.gguf`). A YAML graph
         keeps its own models unless `model` overrides them."""
         model = self.model
         if model is None and self.graph_is_builtin:
-            from tideflow.demo.default_model import default_model_dir
+            from tideflow.demo.default_model import default_model
 
-            model = str(default_model_dir())
+            model = default_model()
         named = model or yaml_graph_model(self.graph)
         if named is None:
             raise ValueError(f"graph {self.graph!r} names no model and none was given")
@@ -121,7 +122,7 @@ class ServeConfig:
             raise ValueError(f"model {model!r} is neither a model directory (with config.json), a .gguf file, "
                              "nor an org/name hub id")
         _check_generation_options(self.engine_options)
-        name = self.served_model_name or os.path.basename(os.path.normpath(named))
+        name = self.served_model_name or os.path.basename(os.path.normpath(named)).removesuffix(".gguf")
         return dataclasses.replace(self, model=model, served_model_name=name)
 
 

@@ -2,11 +2,14 @@
 the app) and `serve_forever` (`tideflow serve`: until Ctrl-C / SIGTERM, then shut down).
 
 Stopping deletes the app (each replica shuts its graph down) and then stops whatever this
-process started: Serve, and Ray itself when it was started here.
+process started: Serve, and Ray itself when it was started here. When Ray goes down with it,
+Ray's shutdown takes Serve's actors along: asking Serve's controller to shut down first would
+only add Ray's report that the controller's own shutdown task "failed" (it kills itself).
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -33,10 +36,13 @@ class RunningServer:
         try:
             serve.delete(self.app_name)
         finally:
-            if self.started_serve:
-                serve.shutdown()
             if self.started_ray:
-                ray.shutdown()
+                from ray.serve.context import _set_global_client
+
+                ray.shutdown()  # Serve's actors included
+                _set_global_client(None)  # this process's handle on the Serve that went with it
+            elif self.started_serve:
+                serve.shutdown()
 
     def __enter__(self) -> RunningServer:
         return self
@@ -59,9 +65,11 @@ def start_server(
     address: str | None = None,
     app_name: str = "tideflow",
     route_prefix: str = "/",
+    quiet: bool = False,
 ) -> RunningServer:
     """Start (or join, at `address`) Ray, start Serve's HTTP proxy on host:port (0 picks a free
-    port) unless Serve already runs, deploy `build_app(args)` and wait until it is ready."""
+    port) unless Serve already runs, deploy `build_app(args)` and wait until it is ready.
+    `quiet`: only errors from Ray's and Serve's loggers in this process (the demo's output)."""
     import ray
     from ray import serve
 
@@ -69,7 +77,9 @@ def start_server(
     from tideflow.serve.deployment import build_app
 
     config = ServeConfig.from_args(args).resolved()  # fail on bad args before starting anything
-    started_ray = _init_ray(address)
+    started_ray = _init_ray(address, logging.ERROR if quiet else logging.INFO)
+    if quiet:
+        logging.getLogger("ray.serve").setLevel(logging.ERROR)
     started_serve = False
     try:
         started_serve = not _serve_running()
@@ -88,7 +98,7 @@ def start_server(
     return RunningServer(url, app_name, config.served_model_name, started_serve, started_ray)
 
 
-def _init_ray(address: str | None) -> bool:
+def _init_ray(address: str | None, logging_level: int = logging.INFO) -> bool:
     """Start or join Ray unless this process is connected already; whether it connected now."""
     import ray
 
@@ -96,7 +106,7 @@ def _init_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging_level)
     return True
 
 
