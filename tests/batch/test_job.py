@@ -75,6 +75,22 @@ def _mixed_inputs(root) -> tuple[dict[str, str | None], dict[str, str]]:
     return good, bad
 
 
+def _wait_until_job_is_gone(ray, driver_pid: int, timeout: float = 120.0) -> None:
+    """Until Ray has marked the killed driver's job dead and every actor it owned is dead too
+    (Ray finds out about the driver's death, then kills its actors, a little later). Ray Data's
+    detached bookkeeping actors outlive any job and write nothing."""
+    from ray._private import state
+
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = {j["JobID"] for j in state.jobs() if j["DriverPid"] == driver_pid and j["IsDead"]}
+        alive = [a for a in state.actors().values() if a["JobID"] in jobs and a["State"] != "DEAD" and not a["IsDetached"]]
+        if jobs and not alive:
+            return
+        assert time.monotonic() < deadline, f"the killed job's actors still run: {alive}"
+        time.sleep(0.1)
+
+
 def test_killed_job_resumes_with_one_row_per_input_row(ray_session, model, reference, tmp_path):
     good, bad = _mixed_inputs(tmp_path / "in")
     out = tmp_path / "out"
@@ -91,6 +107,7 @@ def test_killed_job_resumes_with_one_row_per_input_row(ray_session, model, refer
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    _wait_until_job_is_gone(ray_session, proc.pid)  # its Ray Data actors could still commit a batch until then
     written = pq.read_table(out).num_rows
     total = len(good) + len(bad)
     assert 0 < written < total, f"the job was not killed midway ({written} of {total} rows written)"
