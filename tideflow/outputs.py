@@ -16,6 +16,8 @@ class Logprob:
 
 # position in the completion -> {token_id -> Logprob}; the sampled token is always included
 SampleLogprobs = list[dict[int, Logprob]]
+# prompt position -> {token_id -> Logprob} (the prompt's own token and the top-k); None at position 0
+PromptLogprobs = list[dict[int, Logprob] | None]
 
 
 @dataclass(slots=True)
@@ -46,3 +48,4 @@ class RequestOutput:
     # arrival_time / first_token_time / finished_time, wall-clock seconds (time.time()) on every path:
     # the in-process engine and a graph's stages in other processes read the same clock
     metrics: dict[str, float] = field(default_factory=dict)
+    prompt_logprobs: PromptLogprobs | None = None  # when SamplingParams.prompt_logprobs was set

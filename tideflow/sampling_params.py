@@ -43,6 +43,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # number of top logprobs per generated token (0 -> the sampled one only)
     skip_special_tokens: bool = True
+    prompt_logprobs: int | None = None  # top logprobs per prompt token, besides the token itself (None -> none)
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -83,6 +84,8 @@ class SamplingParams:
             bad("stop_token_ids", "must hold non-negative token ids")
         if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
             bad("logprobs", "must be a non-negative integer")
+        if self.prompt_logprobs is not None and (not isinstance(self.prompt_logprobs, int) or self.prompt_logprobs < 0):
+            bad("prompt_logprobs", "must be a non-negative integer")
         if self.seed is not None and not isinstance(self.seed, int):
             bad("seed", "must be an integer")
 

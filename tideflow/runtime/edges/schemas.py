@@ -30,6 +30,7 @@ SAMPLING = pa.struct(
         ("include_stop_str_in_output", pa.bool_()),
         ("logprobs", pa.int32()),  # null -> none
         ("skip_special_tokens", pa.bool_()),
+        ("prompt_logprobs", pa.int32()),  # null -> none
     ]
 )
 
@@ -148,6 +149,7 @@ def params_to_row(p: SamplingParams) -> dict:
         "include_stop_str_in_output": p.include_stop_str_in_output,
         "logprobs": p.logprobs,
         "skip_special_tokens": p.skip_special_tokens,
+        "prompt_logprobs": p.prompt_logprobs,
     }
 
 

@@ -2,7 +2,8 @@
 
 `execute(batch)` turns a `ScheduledBatch` into model inputs (token ids, per-token positions,
 slot mapping, block tables), runs one forward pass with the `tideflow` attention function,
-computes logits only at the rows that sample, and samples them.
+computes logits only at the rows that sample (and at the prompt rows of requests asking
+prompt logprobs), and samples them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from tideflow.models.packed_decoder import PackedDecoder
 from tideflow.runtime.engine.attention import AttentionMetadata, DecodeGroup, PagedKVCache, PagedPrefill
 from tideflow.runtime.engine.core.scheduled_batch import ScheduledBatch
 from tideflow.runtime.engine.core.block_manager import RELEASED
+from tideflow.runtime.engine.prompt_logprobs import prompt_entries, prompt_rows
 from tideflow.runtime.engine.sampler import Sampler, SamplerOutput
 
 _EMPTY = SamplerOutput(token_ids=[], logprobs=[])
@@ -41,7 +43,11 @@ class ModelRunner:
         logits = self.forward_only(batch)
         if logits.shape[0] == 0:
             return _EMPTY
-        return self.sampler(logits, batch.sampled_seqs)
+        num_sampled = sum(batch.sample)
+        out = self.sampler(logits[:num_sampled], batch.sampled_seqs) if num_sampled else SamplerOutput([], [])
+        if logits.shape[0] > num_sampled:
+            out.prompt_logprobs = prompt_entries(logits[num_sampled:], prompt_rows(batch), batch, self.sampler.vocab_size)
+        return out
 
     def read_kv(self, block_table: list[int], num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """The K and V of a sequence's first `num_tokens` tokens (see `PagedKVCache.read`)."""
@@ -90,8 +96,9 @@ class ModelRunner:
         )
 
     def forward_only(self, batch: ScheduledBatch) -> torch.Tensor:
-        """The logits of the rows that sample, [rows, vocab]: the forward pass without sampling
-        (benchmarks also measure engine overhead against it)."""
+        """The logits of the rows that sample, then of the prompt rows (`prompt_rows`),
+        [rows, vocab]: the forward pass without sampling (benchmarks also measure engine
+        overhead against it)."""
         input_ids, positions, meta, sample_idx = self.prepare(batch)
         images = self.image_rows(batch)
         if self.packed is not None:
@@ -131,7 +138,8 @@ class ModelRunner:
 
     def prepare(self, batch: ScheduledBatch):
         """Packed inputs of one step: input ids [T], positions [T], the attention metadata and
-        the rows to compute logits at; built with array ops per token."""
+        the rows to compute logits at (those that sample, then the prompt rows whose logprobs
+        are asked for); built with array ops per token."""
         bs = self.block_size
         num_new = np.asarray(batch.num_new_tokens, dtype=np.int64)
         computed = np.asarray(batch.num_computed_tokens, dtype=np.int64)
@@ -158,6 +166,10 @@ class ModelRunner:
             paged_prefill=self._paged_prefill(num_new, computed, context, cu, tables),
             fresh_prefills=[(int(cu[i]), int(num_new[i])) for i in np.flatnonzero((num_new > 1) & (computed == 0))],
         )
-        sample_idx = torch.from_numpy(cu[1:][np.asarray(batch.sample, dtype=bool)] - 1).to(dev)
+        sample_idx = cu[1:][np.asarray(batch.sample, dtype=bool)] - 1
+        prompt = prompt_rows(batch).flat
+        if prompt:
+            sample_idx = np.concatenate([sample_idx, np.asarray(prompt, dtype=np.int64)])
+        sample_idx = torch.from_numpy(sample_idx).to(dev)
         input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)
         return input_ids, torch.from_numpy(positions).to(dev), meta, sample_idx

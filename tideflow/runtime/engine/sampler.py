@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +29,8 @@ class SamplerOutput:
 
     token_ids: list[int]  # row -> sampled token id
     logprobs: list[dict[int, Logprob] | None]  # row -> {token_id: Logprob} (sampled + top-n); None unless asked
+    # batch row -> the prompt logprob entries its step adds (rows of requests asking prompt_logprobs)
+    prompt_logprobs: dict[int, list[dict[int, Logprob]]] = field(default_factory=dict)
 
 
 class Sampler:
@@ -80,7 +82,7 @@ class Sampler:
         if logprob_rows:
             idx = torch.tensor(logprob_rows, device=dev)
             num_top = [min(seqs[i].params.logprobs, self.vocab_size) for i in logprob_rows]
-            rows = _logprob_dicts(raw[idx].to(dtype), tokens[idx], num_top)
+            rows = logprob_dicts(raw[idx].to(dtype), tokens[idx], num_top)
             for i, d in zip(logprob_rows, rows):
                 logprobs[i] = d
         return SamplerOutput(token_list, logprobs)
@@ -180,7 +182,7 @@ def _token_counts(token_lists: list[list[int]], vocab: int, dtype: torch.dtype, 
     return counts[:, :vocab]
 
 
-def _logprob_dicts(raw: torch.Tensor, tokens: torch.Tensor, num_top: list[int]) -> list[dict[int, Logprob]]:
+def logprob_dicts(raw: torch.Tensor, tokens: torch.Tensor, num_top: list[int]) -> list[dict[int, Logprob]]:
     """raw: [R, V] unprocessed logits, tokens: [R] sampled ids, num_top[r]: top-n asked for by row r."""
     logprobs = raw.log_softmax(dim=-1)
     sampled = logprobs.gather(1, tokens.unsqueeze(1))

@@ -72,6 +72,8 @@ class Sequence:
     # sampler state
     sampling_seed: int | None = None  # int64 bits of the counter-based sampling seed; fixed at the first random draw
     logprobs: list[dict[int, Logprob]] | None = None
+    # [None, then an entry per prompt token so far] when `wants_prompt_logprobs`
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     cumulative_logprob: float = 0.0
     first_token_time: float | None = None  # wall-clock seconds, set by the scheduler's clock
     finished_time: float | None = None  # wall-clock seconds, set by the scheduler's clock
@@ -97,6 +99,12 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Whether this sequence computes its request's prompt logprobs (its first completion
+        does; the prefix cache is skipped for it, as the rows of cached tokens are not computed)."""
+        return self.params.prompt_logprobs is not None and self.index == 0
 
     def completion(self) -> CompletionOutput:
         return CompletionOutput(
@@ -144,4 +152,5 @@ class Request:
             outputs=[s.completion() for s in self.seqs],
             finished=self.finished,
             metrics=metrics,
+            prompt_logprobs=list(self.seqs[0].prompt_logprobs or [None]) if self.params.prompt_logprobs is not None else None,
         )
