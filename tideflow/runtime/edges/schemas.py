@@ -98,6 +98,7 @@ TOKENS = pa.schema(
         ("prompt_token_ids", pa.list_(pa.int32())),  # only on seq == 0, else null
         ("sampling", SAMPLING),  # only on seq == 0, else null
         ("num_cached_tokens", pa.int32()),  # prefix-cache hit, on seq == 0
+        ("prompt_logprobs", pa.binary()),  # the request's prompt logprobs (encode_prompt_logprobs), on seq == 0 of index 0
         ("error", pa.string()),  # the request failed (finish_reason "error"), or null
     ]
 )
@@ -117,6 +118,7 @@ OUTPUTS = pa.schema(
         ("stop_token_id", pa.int32()),
         ("prompt_token_ids", pa.list_(pa.int32())),  # only on seq == 0
         ("error", pa.string()),
+        ("prompt_logprobs", pa.binary()),  # as on TOKENS
     ]
 )
 
