@@ -40,6 +40,9 @@ class Prepared:
     top_logprobs: int | None  # logprobs to render per token; None -> no logprobs
     echo: bool  # completions: the prompt's text before each completion
     tokens_as_ids: bool  # logprob tokens rendered as "token_id:N"
+    # completions with echo and max_tokens 0: only the prompt (and, with logprobs, its logprobs)
+    # comes back; the one token the graph generates is dropped, as vLLM does
+    echo_only: bool = False
 
 
 def check_model(name: str | None, info: ModelInfo) -> None:
@@ -53,14 +56,16 @@ def prepare_completion(req: CompletionRequest, info: ModelInfo) -> Prepared:
         raise bad_request("'suffix' is not supported", "suffix", code="unsupported_parameter")
     if req.best_of is not None and req.best_of != req.n:
         raise bad_request("'best_of' other than n is not supported", "best_of", code="unsupported_parameter")
-    if req.echo and req.logprobs is not None:
-        raise bad_request("'echo' together with 'logprobs' is not supported", "echo", code="unsupported_parameter")
     prompts, texts, lengths = _completion_prompts(req.prompt, info)
     # unset, not null: an explicit null asks for the whole context, as it always has
     unset = "max_tokens" not in req.model_fields_set
-    params = _sampling(req, info, lengths, req.max_tokens, "max_tokens", req.logprobs, "logprobs", "prompt", unset)
+    echo_only = req.echo and req.max_tokens == 0  # scoring a prompt (lm-evaluation-harness)
+    max_tokens = 1 if echo_only else req.max_tokens
+    params = _sampling(req, info, lengths, max_tokens, "max_tokens", req.logprobs, "logprobs", "prompt", unset)
+    if req.echo and req.logprobs is not None:  # the prompt's tokens come back with their logprobs too
+        params = params.replace(prompt_logprobs=req.logprobs)
     return Prepared(prompts, texts, lengths, params, req.stream, _include_usage(req), req.logprobs, req.echo,
-                    req.return_tokens_as_token_ids)
+                    req.return_tokens_as_token_ids, echo_only)
 
 
 def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:

@@ -36,7 +36,7 @@ from tideflow.serve.metrics import CONTENT_TYPE, ServeMetrics
 from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.prepare import Prepared, prepare_chat, prepare_completion
 from tideflow.serve.protocol import ChatCompletionRequest, CompletionRequest
-from tideflow.serve.responses import Stream, chat_response, completion_response
+from tideflow.serve.responses import Stream, chat_response, completion_response, without_generation
 
 logger = logging.getLogger(__name__)
 _CONTROL_TIMEOUT_S = 10.0  # health and stats calls to the graph's actors
@@ -143,7 +143,7 @@ class OpenAIServer:
                         tracker.observe(delta)
                         if any(c.finish_reason == "abort" for c in delta.completions):  # not asked for by this client
                             raise RuntimeError("the graph aborted the request")
-                        queue.put_nowait((p, delta, None))
+                        queue.put_nowait((p, without_generation(delta) if prep.echo_only else delta, None))
             except Exception as exc:  # noqa: BLE001  (handed to the consumer)
                 queue.put_nowait((p, None, exc))
             else:
