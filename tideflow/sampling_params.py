@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _GREEDY_EPS = 1e-5  # temperatures below this decode greedily
+MAX_LOGIT_BIAS = 100.0  # logit_bias values are clamped to [-100, 100], as OpenAI's range
 
 # The keys of a generation_config.json that become a model's default sampling parameters (the
 # ones vLLM takes; do_sample and the rest are ignored, as vLLM ignores them), and the
@@ -44,6 +45,9 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per generated token (0 -> the sampled one only)
     skip_special_tokens: bool = True
     prompt_logprobs: int | None = None  # top logprobs per prompt token, besides the token itself (None -> none)
+    logit_bias: Mapping[int, float] | None = None  # token id -> added to its logit (clamped to [-100, 100])
+    allowed_token_ids: tuple[int, ...] | None = None  # only these tokens may be sampled
+    bad_words: tuple[str, ...] = ()  # words never generated: a word's last token is banned after its other tokens
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -52,6 +56,23 @@ class SamplingParams:
             object.__setattr__(self, "stop", tuple(self.stop or ()))
         if not isinstance(self.stop_token_ids, tuple):
             object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
+        if self.allowed_token_ids is not None and not isinstance(self.allowed_token_ids, tuple):
+            object.__setattr__(self, "allowed_token_ids", tuple(self.allowed_token_ids))
+        if isinstance(self.bad_words, str):
+            object.__setattr__(self, "bad_words", (self.bad_words,))
+        elif not isinstance(self.bad_words, tuple):
+            object.__setattr__(self, "bad_words", tuple(self.bad_words or ()))
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, Mapping):
+                raise ValueError(f"logit_bias must map token ids to biases, got {self.logit_bias!r}")
+            bias = {}
+            for token, value in self.logit_bias.items():
+                if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                    raise ValueError(f"logit_bias keys must be non-negative token ids, got {token!r}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                    raise ValueError(f"logit_bias values must be numbers, got {value!r}")
+                bias[token] = min(MAX_LOGIT_BIAS, max(-MAX_LOGIT_BIAS, float(value)))
+            object.__setattr__(self, "logit_bias", bias or None)
         self._validate()
 
     def _validate(self) -> None:
@@ -86,6 +107,12 @@ class SamplingParams:
             bad("logprobs", "must be a non-negative integer")
         if self.prompt_logprobs is not None and (not isinstance(self.prompt_logprobs, int) or self.prompt_logprobs < 0):
             bad("prompt_logprobs", "must be a non-negative integer")
+        if self.allowed_token_ids is not None and (
+            not self.allowed_token_ids or any(not isinstance(t, int) or t < 0 for t in self.allowed_token_ids)
+        ):
+            bad("allowed_token_ids", "must hold at least one non-negative token id")
+        if any(not isinstance(w, str) or not w.strip() for w in self.bad_words):
+            bad("bad_words", "must hold non-empty strings")
         if self.seed is not None and not isinstance(self.seed, int):
             bad("seed", "must be an integer")
 

@@ -31,6 +31,9 @@ SAMPLING = pa.struct(
         ("logprobs", pa.int32()),  # null -> none
         ("skip_special_tokens", pa.bool_()),
         ("prompt_logprobs", pa.int32()),  # null -> none
+        ("logit_bias", pa.map_(pa.int32(), pa.float64())),  # null -> none
+        ("allowed_token_ids", pa.list_(pa.int32())),  # null -> any token
+        ("bad_words", pa.list_(pa.string())),
     ]
 )
 
@@ -152,6 +155,9 @@ def params_to_row(p: SamplingParams) -> dict:
         "logprobs": p.logprobs,
         "skip_special_tokens": p.skip_special_tokens,
         "prompt_logprobs": p.prompt_logprobs,
+        "logit_bias": None if p.logit_bias is None else list(p.logit_bias.items()),
+        "allowed_token_ids": None if p.allowed_token_ids is None else list(p.allowed_token_ids),
+        "bad_words": list(p.bad_words),
     }
 
 
@@ -159,4 +165,7 @@ def row_to_params(row: dict) -> SamplingParams:
     row = dict(row)
     row["stop"] = tuple(row["stop"] or ())
     row["stop_token_ids"] = tuple(row["stop_token_ids"] or ())
+    row["bad_words"] = tuple(row.get("bad_words") or ())
+    if row.get("logit_bias") is not None:
+        row["logit_bias"] = dict(row["logit_bias"])  # Arrow maps come back as (key, value) pairs
     return SamplingParams(**row)

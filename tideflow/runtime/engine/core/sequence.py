@@ -77,6 +77,7 @@ class Sequence:
     cumulative_logprob: float = 0.0
     first_token_time: float | None = None  # wall-clock seconds, set by the scheduler's clock
     finished_time: float | None = None  # wall-clock seconds, set by the scheduler's clock
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()  # the token sequences of params.bad_words
     images: ImageInputs | None = None  # the prompt's images (multimodal models), shared by a request's sequences
     request: Request | None = field(default=None, repr=False)  # the request it belongs to (None: adopted without one)
 
