@@ -36,11 +36,17 @@ def stand_in_app(model_dir: str, **engine_options):
     return build_asgi_app(server)
 
 
-def call(app, method: str, path: str, body=None) -> tuple[int, dict | str]:
-    """One request to an ASGI app: (status, the JSON body, or the text of an SSE stream)."""
-    data = json.dumps(body).encode() if body is not None else b""
+def call(app, method: str, path: str, body=None, ctype: str | None = None) -> tuple[int, dict | str]:
+    """One request to an ASGI app: (status, the JSON body, or the text of an SSE stream).
+    `body`: a dict is sent as JSON, str or bytes raw; `ctype` "" sends no content type."""
+    if isinstance(body, dict):
+        data = json.dumps(body).encode()
+    else:
+        data = body.encode() if isinstance(body, str) else body or b""
+    ctype = "application/json" if ctype is None else ctype
+    headers = [(b"content-type", ctype.encode())] if ctype else []
     scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": [(b"content-type", b"application/json")], "http_version": "1.1", "scheme": "http",
+             "headers": headers, "http_version": "1.1", "scheme": "http",
              "server": ("test", 80), "client": ("test", 1), "root_path": ""}
     sent = {"status": None, "body": b""}
     delivered = False

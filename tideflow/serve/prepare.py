@@ -171,8 +171,14 @@ def _sampling(req, info: ModelInfo, lengths: list[int], max_tokens: int | None, 
     leaves unset, the API's defaults for the rest."""
     if not 1 <= req.n <= MAX_N:
         raise bad_request(f"'n' must be in [1, {MAX_N}], got {req.n}", "n")
-    if req.logit_bias:
-        raise bad_request("'logit_bias' is not supported", "logit_bias", code="unsupported_parameter")
+    logit_bias = _logit_bias(req.logit_bias, info)
+    for t in req.allowed_token_ids or ():
+        if not 0 <= t < info.vocab_size:
+            raise bad_request(f"allowed token id {t} is outside the vocabulary [0, {info.vocab_size})",
+                              "allowed_token_ids")
+    if req.prompt_logprobs is not None and not 0 <= req.prompt_logprobs <= MAX_LOGPROBS:
+        raise bad_request(f"'prompt_logprobs' must be in [0, {MAX_LOGPROBS}], got {req.prompt_logprobs}",
+                          "prompt_logprobs")
     if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
         raise bad_request(f"'{logprobs_param}' must be in [0, {MAX_LOGPROBS}], got {logprobs}", logprobs_param)
     if req.seed is not None and not -_INT64 - 1 <= req.seed <= _INT64:
@@ -219,6 +225,10 @@ def _sampling(req, info: ModelInfo, lengths: list[int], max_tokens: int | None, 
         include_stop_str_in_output=req.include_stop_str_in_output,
         logprobs=logprobs,
         skip_special_tokens=req.skip_special_tokens,
+        prompt_logprobs=req.prompt_logprobs,
+        logit_bias=logit_bias,
+        allowed_token_ids=req.allowed_token_ids,
+        bad_words=tuple(req.bad_words or ()),
     )
     try:
         return SamplingParams(**fields)
@@ -226,6 +236,24 @@ def _sampling(req, info: ModelInfo, lengths: list[int], max_tokens: int | None, 
         field = str(exc).split()[0]
         param = {"max_tokens": max_tokens_param, "logprobs": logprobs_param}.get(field, field)
         raise bad_request(f"'{param}' {str(exc).split(' ', 1)[1]}", param) from None
+
+
+def _logit_bias(bias: dict[str, float] | None, info: ModelInfo) -> dict[int, float] | None:
+    """OpenAI's logit_bias (string token ids) as token id -> bias; a key that is not a token id
+    of the vocabulary is a 400. SamplingParams clamps the biases."""
+    if not bias:
+        return None
+    out = {}
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise bad_request(f"'logit_bias' keys must be token ids, got {key!r}", "logit_bias") from None
+        if not 0 <= token < info.vocab_size:
+            raise bad_request(f"logit_bias token id {token} is outside the vocabulary [0, {info.vocab_size})",
+                              "logit_bias")
+        out[token] = value
+    return out
 
 
 def _too_long(info: ModelInfo, prompt_len: int, max_tokens: int | None, param: str) -> APIError:

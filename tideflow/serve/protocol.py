@@ -34,7 +34,7 @@ class _Sampling(_Body):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None  # not supported: must be empty
+    logit_bias: dict[str, float] | None = None  # token id (a string, as OpenAI's) -> bias, clamped to [-100, 100]
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # accepted and ignored
@@ -48,6 +48,9 @@ class _Sampling(_Body):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:123"
+    allowed_token_ids: list[int] | None = None  # only these tokens may be generated
+    bad_words: list[str] | None = None  # words never generated
+    prompt_logprobs: int | None = None  # top logprobs per prompt token (completions: `prompt_logprobs` per choice)
 
 
 class CompletionRequest(_Sampling):

@@ -53,6 +53,14 @@ def prompt_logprobs(prompt_token_ids: list[int], entries: list, top: int, info: 
     return _legacy_logprobs(prompt_token_ids, entries, 0, top, info, as_ids)
 
 
+def vllm_prompt_logprobs(entries: list, info: ModelInfo) -> list:
+    """vLLM's `prompt_logprobs` field: per prompt token None (the first) or
+    {token id: {logprob, rank, decoded_token}}."""
+    return [None if e is None else {str(t): {"logprob": _lp(lp.logprob), "rank": lp.rank,
+                                             "decoded_token": info.token_text(t)} for t, lp in e.items()}
+            for e in entries]
+
+
 def joined(first: dict, second: dict) -> dict:
     """Two legacy logprobs objects one after the other (the echoed prompt's, the completion's)."""
     return {key: first[key] + second[key] for key in first}
@@ -109,13 +117,16 @@ def completion_response(prep: Prepared, info: ModelInfo, outputs: list[RequestOu
                     echoed = prompt_logprobs(out.prompt_token_ids, out.prompt_logprobs or [], prep.top_logprobs, info,
                                              prep.tokens_as_ids)
                     logprobs = joined(echoed, logprobs)
-            choices.append({
+            choice = {
                 "index": p * prep.params.n + c.index,
                 "text": prefix + c.text,
                 "logprobs": logprobs,
                 "finish_reason": c.finish_reason,
                 "stop_reason": c.stop_reason,
-            })
+            }
+            if prep.params.prompt_logprobs is not None and not prep.echo:  # vLLM's own field
+                choice["prompt_logprobs"] = vllm_prompt_logprobs(out.prompt_logprobs or [None], info)
+            choices.append(choice)
     return {"id": new_id("completion"), "object": "text_completion", "created": int(time.time()), "model": info.name,
             "choices": choices, "usage": usage(prep, outputs)}
 
