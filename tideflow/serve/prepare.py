@@ -78,7 +78,7 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     images: list[bytes] = []
-    messages = [_message(i, m, info, images) for i, m in enumerate(req.messages)]
+    messages = [chat_message(i, m, info, images) for i, m in enumerate(req.messages)]
     if not messages:
         raise bad_request("'messages' must not be empty", "messages")
     try:
@@ -129,7 +129,7 @@ def _completion_prompts(prompt, info: ModelInfo) -> tuple[list, list[str], list[
     return prompts, texts, lengths
 
 
-def _message(i: int, m, info: ModelInfo, images: list[bytes]) -> dict:
+def chat_message(i: int, m, info: ModelInfo, images: list[bytes]) -> dict:
     """One message with string content: text parts joined by newlines, each `image_url` part
     replaced by the model's image placeholder (its image appended to `images`)."""
     content = m.content

@@ -87,3 +87,29 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = None
     tools: list[Any] | None = None  # not supported: must be empty
     response_format: dict[str, Any] | None = None  # only {"type": "text"}
+
+
+class TokenizeCompletionRequest(_Body):
+    """`POST /tokenize` of a completion prompt (vLLM's shape)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(_Body):
+    """`POST /tokenize` of a conversation, after the chat template (vLLM's shape)."""
+
+    model: str | None = None
+    messages: list[ChatMessage]
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = False  # the template already places them
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Body):
+    """`POST /detokenize`: token ids back to text."""
+
+    model: str | None = None
+    tokens: list[int]

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from tideflow.outputs import RequestOutput
 from tideflow.runtime.dataflow.collector import OutputDelta, empty_output
 from tideflow.serve.admission import ARRIVAL, QUEUED, Admission, AdmissionMiddleware
+from tideflow.serve import tokenize_routes
 from tideflow.serve.config import ServeConfig
 from tideflow.serve.errors import (
     APIError,
@@ -211,6 +212,18 @@ def build_asgi_app(server: OpenAIServer):
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         return await server.generate(request, "chat")
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        return tokenize_routes.tokenize(await _read_json(request), server.info)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        return tokenize_routes.detokenize(await _read_json(request), server.info)
+
+    @app.get("/version")
+    async def version():
+        return tokenize_routes.version()
 
     @app.get("/v1/models")
     async def models():
