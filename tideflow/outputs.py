@@ -36,6 +36,19 @@ class CompletionOutput:
         return self.finish_reason is not None
 
 
+def best_completions(out: "RequestOutput", n: int, logprobs: bool) -> "RequestOutput":
+    """`out` (of params run by `SamplingParams.sampled_params`) cut to its `n` completions with
+    the highest cumulative logprob, numbered 0..n-1 in that order; their logprobs are dropped
+    unless `logprobs` (the request asked for them)."""
+    ranked = sorted(out.outputs, key=lambda c: -(c.cumulative_logprob or 0.0))[:n]
+    best = []
+    for i, c in enumerate(ranked):
+        best.append(CompletionOutput(i, c.text, c.token_ids, c.cumulative_logprob if logprobs else None,
+                                     c.logprobs if logprobs else None, c.finish_reason, c.stop_reason))
+    return RequestOutput(out.request_id, out.prompt, out.prompt_token_ids, best, out.finished, out.metrics,
+                         out.prompt_logprobs)
+
+
 @dataclass(slots=True)
 class RequestOutput:
     """The state of one request: complete when `finished`, growing while it streams."""

@@ -28,6 +28,7 @@ class SamplingParams:
     """How one request samples and when it stops. Invalid values raise ValueError naming the field."""
 
     n: int = 1  # completions per prompt
+    best_of: int | None = None  # completions sampled, the n with the highest cumulative logprob returned (None -> n)
     temperature: float = 1.0  # 0 -> greedy
     top_p: float = 1.0  # nucleus mass in (0, 1]
     top_k: int = 0  # 0 or -1 -> off
@@ -81,6 +82,8 @@ class SamplingParams:
 
         if not isinstance(self.n, int) or self.n < 1:
             bad("n", "must be at least 1")
+        if self.best_of is not None and (not isinstance(self.best_of, int) or self.best_of < self.n):
+            bad("best_of", f"must be an integer >= n ({self.n})")
         if self.temperature < 0:
             bad("temperature", "must be non-negative")
         if not 0.0 < self.top_p <= 1.0:
@@ -119,6 +122,19 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < _GREEDY_EPS
+
+    @property
+    def ranks_completions(self) -> bool:
+        """Whether more completions are sampled than returned (best_of > n)."""
+        return self.best_of is not None and self.best_of > self.n
+
+    def sampled_params(self) -> "SamplingParams":
+        """What an engine runs for these params: with best_of > n, best_of completions that each
+        keep their sampled tokens' logprobs (their ranking; `outputs.best_completions` picks
+        the n and drops what was not asked for); else these params."""
+        if not self.ranks_completions:
+            return self
+        return self.replace(n=self.best_of, best_of=None, logprobs=0 if self.logprobs is None else self.logprobs)
 
     def replace(self, **changes) -> "SamplingParams":
         return dataclasses.replace(self, **changes)

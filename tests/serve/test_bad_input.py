@@ -85,6 +85,9 @@ CASES = [
      "stop_token_ids"),
     ("skip_special_tokens a string", "completions", {**GOOD, "skip_special_tokens": "no"}, None, 400,
      "skip_special_tokens"),
+    ("best_of below n", "completions", {**GOOD, "n": 2, "best_of": 1}, None, 400, "best_of"),
+    ("best_of streamed", "completions", {**GOOD, "best_of": 2, "stream": True}, None, 400, "best_of"),
+    ("best_of a float", "completions", {**GOOD, "best_of": 2.5}, None, 400, "best_of"),
     ("unknown model", "completions", {**GOOD, "model": "gpt-17"}, None, 404, "model"),
     ("unknown model (chat)", "chat/completions", {**CHAT, "model": "gpt-17"}, None, 404, "model"),
 ]

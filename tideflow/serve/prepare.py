@@ -54,8 +54,11 @@ def prepare_completion(req: CompletionRequest, info: ModelInfo) -> Prepared:
     check_model(req.model, info)
     if req.suffix is not None:
         raise bad_request("'suffix' is not supported", "suffix", code="unsupported_parameter")
-    if req.best_of is not None and req.best_of != req.n:
-        raise bad_request("'best_of' other than n is not supported", "best_of", code="unsupported_parameter")
+    if req.best_of is not None:
+        if not req.n <= req.best_of <= MAX_N:
+            raise bad_request(f"'best_of' must be in [n, {MAX_N}], got {req.best_of}", "best_of")
+        if req.stream and req.best_of > req.n:  # the best are known only at the end (vLLM refuses it too)
+            raise bad_request("'best_of' greater than n cannot stream", "best_of", code="unsupported_parameter")
     prompts, texts, lengths = _completion_prompts(req.prompt, info)
     # unset, not null: an explicit null asks for the whole context, as it always has
     unset = "max_tokens" not in req.model_fields_set
@@ -64,6 +67,8 @@ def prepare_completion(req: CompletionRequest, info: ModelInfo) -> Prepared:
     params = _sampling(req, info, lengths, max_tokens, "max_tokens", req.logprobs, "logprobs", "prompt", unset)
     if req.echo and req.logprobs is not None:  # the prompt's tokens come back with their logprobs too
         params = params.replace(prompt_logprobs=req.logprobs)
+    if req.best_of is not None:
+        params = params.replace(best_of=req.best_of)
     return Prepared(prompts, texts, lengths, params, req.stream, _include_usage(req), req.logprobs, req.echo,
                     req.return_tokens_as_token_ids, echo_only)
 

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from tideflow.outputs import RequestOutput
+from tideflow.outputs import RequestOutput, best_completions
 from tideflow.runtime.dataflow.collector import OutputDelta, empty_output
 from tideflow.serve.admission import ARRIVAL, QUEUED, Admission, AdmissionMiddleware
 from tideflow.serve import tokenize_routes
@@ -107,10 +107,12 @@ class OpenAIServer:
         try:
             async for p, delta in self._outputs(prep, arrival):
                 if outputs[p] is None:
-                    outputs[p] = empty_output(delta.request_id, None, prep.params.n)
+                    outputs[p] = empty_output(delta.request_id, None, prep.params.sampled_params().n)
                 delta.apply_to(outputs[p])
         except Exception as exc:  # noqa: BLE001  (admitted requests fail only on the server's side)
             raise await self._failure(exc) from None
+        if prep.params.ranks_completions:
+            outputs = [best_completions(o, prep.params.n, prep.top_logprobs is not None) for o in outputs]
         render = chat_response if kind == "chat" else completion_response
         return JSONResponse(render(prep, self.info, outputs))
 
@@ -139,7 +141,7 @@ class OpenAIServer:
         async def pump(p: int) -> None:
             tracker = self.metrics.tracker(arrival)
             try:
-                async with aclosing(self.handle.submit_deltas(prep.prompts[p], prep.params)) as deltas:
+                async with aclosing(self.handle.submit_deltas(prep.prompts[p], prep.params.sampled_params())) as deltas:
                     async for delta in deltas:
                         tracker.observe(delta)
                         if any(c.finish_reason == "abort" for c in delta.completions):  # not asked for by this client

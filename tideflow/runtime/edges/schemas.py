@@ -14,6 +14,7 @@ from tideflow.sampling_params import SamplingParams
 SAMPLING = pa.struct(
     [
         ("n", pa.int32()),
+        ("best_of", pa.int32()),  # null -> n
         ("temperature", pa.float64()),
         ("top_p", pa.float64()),
         ("top_k", pa.int32()),
@@ -138,6 +139,7 @@ def schema_name(schema: pa.Schema) -> str:
 def params_to_row(p: SamplingParams) -> dict:
     return {
         "n": p.n,
+        "best_of": p.best_of,
         "temperature": p.temperature,
         "top_p": p.top_p,
         "top_k": p.top_k,
