@@ -51,11 +51,12 @@ def test_bad_request_fails_explicitly_and_others_complete(model):
         graph.run([{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [5, 100_000]}], SamplingParams(max_tokens=3))
 
 
-def test_prompt_logprobs_cross_the_graph(model):
+@pytest.mark.parametrize("build", [colocated, disaggregated])
+def test_prompt_logprobs_cross_the_graph(model, build):
     params = SamplingParams(temperature=0, max_tokens=2, prompt_logprobs=1, n=2)
     prompts = [{"prompt_token_ids": [5, 9, 11, 30, 2]}, {"prompt_token_ids": [8]}]
     expected = LLM(model, dtype="float64").generate(prompts, params, use_tqdm=False)
-    out = colocated(model, dtype="float64").run(prompts, params)
+    out = build(model, dtype="float64").run(prompts, params)
     for got, want in zip(out, expected):
         assert got.prompt_logprobs[0] is None and len(got.prompt_logprobs) == len(want.prompt_token_ids)
         assert got.prompt_logprobs == want.prompt_logprobs

@@ -76,6 +76,7 @@ PREFILLED = pa.schema(
         ("arrival_time", pa.float64()),
         ("first_token_id", pa.int32()),  # sampled by prefill
         ("first_logprobs", pa.binary()),  # msgpack of {token_id: (logprob, rank)}, or null
+        ("prompt_logprobs", pa.binary()),  # the request's prompt logprobs (encode_prompt_logprobs), or null
         # the counter-based sampling seed fixed at the first random draw (null: greedy so far);
         # with it, decode draws exactly what prefill's engine would have drawn next
         ("sampling_seed", pa.int64()),
