@@ -46,7 +46,7 @@ def best_completions(out: "RequestOutput", n: int, logprobs: bool) -> "RequestOu
         best.append(CompletionOutput(i, c.text, c.token_ids, c.cumulative_logprob if logprobs else None,
                                      c.logprobs if logprobs else None, c.finish_reason, c.stop_reason))
     return RequestOutput(out.request_id, out.prompt, out.prompt_token_ids, best, out.finished, out.metrics,
-                         out.prompt_logprobs)
+                         out.prompt_logprobs, out.embedding)
 
 
 @dataclass(slots=True)
@@ -62,3 +62,4 @@ class RequestOutput:
     # the in-process engine and a graph's stages in other processes read the same clock
     metrics: dict[str, float] = field(default_factory=dict)
     prompt_logprobs: PromptLogprobs | None = None  # when SamplingParams.prompt_logprobs was set
+    embedding: list[float] | None = None  # the prompt's pooled, L2-normalized hidden state (SamplingParams.pooling)

@@ -49,6 +49,7 @@ class SamplingParams:
     logit_bias: Mapping[int, float] | None = None  # token id -> added to its logit (clamped to [-100, 100])
     allowed_token_ids: tuple[int, ...] | None = None  # only these tokens may be sampled
     bad_words: tuple[str, ...] = ()  # words never generated: a word's last token is banned after its other tokens
+    pooling: str | None = None  # "last" | "mean": the request's output carries the prompt's embedding
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -116,6 +117,8 @@ class SamplingParams:
             bad("allowed_token_ids", "must hold at least one non-negative token id")
         if any(not isinstance(w, str) or not w.strip() for w in self.bad_words):
             bad("bad_words", "must hold non-empty strings")
+        if self.pooling not in (None, "last", "mean"):
+            bad("pooling", "must be 'last' or 'mean'")
         if self.seed is not None and not isinstance(self.seed, int):
             bad("seed", "must be an integer")
 

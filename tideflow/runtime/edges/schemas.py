@@ -35,6 +35,7 @@ SAMPLING = pa.struct(
         ("logit_bias", pa.map_(pa.int32(), pa.float64())),  # null -> none
         ("allowed_token_ids", pa.list_(pa.int32())),  # null -> any token
         ("bad_words", pa.list_(pa.string())),
+        ("pooling", pa.string()),  # null -> no embedding
     ]
 )
 
@@ -161,6 +162,7 @@ def params_to_row(p: SamplingParams) -> dict:
         "logit_bias": None if p.logit_bias is None else list(p.logit_bias.items()),
         "allowed_token_ids": None if p.allowed_token_ids is None else list(p.allowed_token_ids),
         "bad_words": list(p.bad_words),
+        "pooling": p.pooling,
     }
 
 

@@ -32,6 +32,7 @@ class SamplerOutput:
     logprobs: list[dict[int, Logprob] | None]  # row -> {token_id: Logprob} (sampled + top-n); None unless asked
     # batch row -> the prompt logprob entries its step adds (rows of requests asking prompt_logprobs)
     prompt_logprobs: dict[int, list[dict[int, Logprob]]] = field(default_factory=dict)
+    pooled: dict[int, tuple[list[float], int]] = field(default_factory=dict)  # batch row -> (hidden sum, rows)
 
 
 class Sampler:
