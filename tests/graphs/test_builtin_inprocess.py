@@ -60,3 +60,13 @@ def test_prompt_logprobs_cross_the_graph(model, build):
     for got, want in zip(out, expected):
         assert got.prompt_logprobs[0] is None and len(got.prompt_logprobs) == len(want.prompt_token_ids)
         assert got.prompt_logprobs == want.prompt_logprobs
+
+
+@pytest.mark.parametrize("build", [colocated, disaggregated])
+def test_embeddings_cross_the_graph(model, build):
+    params = SamplingParams(max_tokens=1, pooling="mean")
+    prompts = [{"prompt_token_ids": [5, 9, 11, 30, 2]}, {"prompt_token_ids": [8]}]
+    expected = LLM(model, dtype="float64").generate(prompts, params, use_tqdm=False)
+    out = build(model, dtype="float64").run(prompts, params)
+    for got, want in zip(out, expected):
+        assert got.embedding is not None and got.embedding == pytest.approx(want.embedding, abs=1e-12)

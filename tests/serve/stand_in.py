@@ -25,7 +25,8 @@ class LLMHandle:
         (out,) = self.llm.generate([prompt], params, use_tqdm=False)
         completions = [CompletionDelta(c.index, list(c.token_ids), c.text, c.logprobs, c.cumulative_logprob,
                                        c.finish_reason, c.stop_reason) for c in out.outputs]
-        yield OutputDelta(f"r{next(self.ids)}", True, completions, out.prompt_token_ids, None, out.prompt_logprobs)
+        yield OutputDelta(f"r{next(self.ids)}", True, completions, out.prompt_token_ids, None, out.prompt_logprobs,
+                          out.embedding)
 
 
 def stand_in_app(model_dir: str, **engine_options):

@@ -54,6 +54,8 @@ class Decode(EngineRole):
             seq.token_ids.append(row["first_token_id"])
             seq.logprobs = decode_logprobs(row["first_logprobs"])
             seq.prompt_logprobs = decode_prompt_logprobs(row.get("prompt_logprobs"))
+            if row.get("embedding") is not None:  # pooled by prefill: one normalized row
+                seq.pooled_sum, seq.pooled_count = list(row["embedding"]), 1
             if seq.logprobs:
                 seq.cumulative_logprob = seq.logprobs[0][row["first_token_id"]].logprob
             if row["finished"]:  # the first token ended it: pass it through

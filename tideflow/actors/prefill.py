@@ -47,6 +47,7 @@ class Prefill(EngineRole):
                 "first_token_id": out.token_ids[out.token_offsets[i]],
                 "first_logprobs": encode_logprobs(out.new_logprobs(i)),
                 "prompt_logprobs": encode_prompt_logprobs(seq),
+                "embedding": seq.embedding() if seq.wants_pooling else None,
                 "finished": out.finished[i],
                 "finish_reason": out.finish_reasons[i],
                 "stop_token_id": stop if isinstance(stop, int) else None,

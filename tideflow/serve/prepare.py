@@ -59,7 +59,7 @@ def prepare_completion(req: CompletionRequest, info: ModelInfo) -> Prepared:
             raise bad_request(f"'best_of' must be in [n, {MAX_N}], got {req.best_of}", "best_of")
         if req.stream and req.best_of > req.n:  # the best are known only at the end (vLLM refuses it too)
             raise bad_request("'best_of' greater than n cannot stream", "best_of", code="unsupported_parameter")
-    prompts, texts, lengths = _completion_prompts(req.prompt, info)
+    prompts, texts, lengths = completion_prompts(req.prompt, info)
     # unset, not null: an explicit null asks for the whole context, as it always has
     unset = "max_tokens" not in req.model_fields_set
     echo_only = req.echo and req.max_tokens == 0  # scoring a prompt (lm-evaluation-harness)
@@ -105,27 +105,29 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
 
 
 # -- prompts ----------------------------------------------------------------------------------
-def _completion_prompts(prompt, info: ModelInfo) -> tuple[list, list[str], list[int]]:
+def completion_prompts(prompt, info: ModelInfo, param: str = "prompt") -> tuple[list, list[str], list[int]]:
+    """Graph prompts, texts and lengths of a completions `prompt` (or an embeddings `input`:
+    `param` names it in errors)."""
     if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
         prompt = [prompt]
     if not prompt:
-        raise bad_request("'prompt' must not be empty", "prompt")
+        raise bad_request(f"'{param}' must not be empty", param)
     prompts, texts, lengths = [], [], []
     for p in prompt:
         if isinstance(p, str):
             if not p:
-                raise bad_request("'prompt' must not be empty", "prompt")
+                raise bad_request(f"'{param}' must not be empty", param)
             ids = info.encode(p)
             if not ids:
-                raise bad_request("'prompt' encodes to no tokens", "prompt")
+                raise bad_request(f"'{param}' encodes to no tokens", param)
             prompts.append({"prompt": p, "prompt_token_ids": ids})  # tokenized once, here
             texts.append(p)
         else:
             if not p:
-                raise bad_request("'prompt' must not be empty", "prompt")
+                raise bad_request(f"'{param}' must not be empty", param)
             bad = next((t for t in p if t < 0 or t >= info.vocab_size), None)
             if bad is not None:
-                raise bad_request(f"token id {bad} is outside the vocabulary [0, {info.vocab_size})", "prompt",
+                raise bad_request(f"token id {bad} is outside the vocabulary [0, {info.vocab_size})", param,
                                   code="invalid_token_id")
             ids = list(p)
             prompts.append({"prompt_token_ids": ids})

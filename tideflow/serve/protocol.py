@@ -113,3 +113,14 @@ class DetokenizeRequest(_Body):
 
     model: str | None = None
     tokens: list[int]
+
+
+class EmbeddingRequest(_Body):
+    """`POST /v1/embeddings` (OpenAI's shape; `pooling` is tideflow's extension)."""
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: str = "float"  # "float" | "base64" (little-endian float32, as OpenAI's)
+    dimensions: int | None = None  # not supported: the model's hidden size only
+    user: str | None = None  # accepted and ignored
+    pooling: str = "last"  # "last" | "mean" over the prompt's final hidden states

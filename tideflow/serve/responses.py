@@ -137,7 +137,7 @@ def without_generation(delta: OutputDelta) -> OutputDelta:
     completions = [CompletionDelta(c.index, [], "", None if c.logprobs is None else [], c.cumulative_logprob,
                                    c.finish_reason, c.stop_reason) for c in delta.completions]
     return OutputDelta(delta.request_id, delta.finished, completions, delta.prompt_token_ids, delta.metrics,
-                       delta.prompt_logprobs)
+                       delta.prompt_logprobs, delta.embedding)
 
 
 def chat_response(prep: Prepared, info: ModelInfo, outputs: list[RequestOutput]) -> dict:

@@ -63,7 +63,8 @@ class TokenStream:
         n = len(out)
         if n == 0:
             return None
-        seqnos, prompts, sampling, cached, prompt_logprobs = [0] * n, [None] * n, [None] * n, [None] * n, [None] * n
+        seqnos, prompts, sampling, cached = [0] * n, [None] * n, [None] * n, [None] * n
+        prompt_logprobs, embeddings = [None] * n, [None] * n
         offsets = out.token_offsets
         for row, key in enumerate(zip(out.request_ids, out.indexes)):
             state = self.sent.get(key)
@@ -75,6 +76,7 @@ class TokenStream:
                 sampling[row] = schemas.params_to_row(first.params)
                 cached[row] = first.num_cached_tokens
                 prompt_logprobs[row] = encode_prompt_logprobs(first)
+                embeddings[row] = first.embedding() if first.wants_pooling else None
             new = offsets[row + 1] - offsets[row]
             if out.finished[row]:
                 self.sent.pop(key, None)
@@ -99,6 +101,7 @@ class TokenStream:
             "sampling": pa.array(sampling, schemas.SAMPLING),
             "num_cached_tokens": pa.array(cached, pa.int32()),
             "prompt_logprobs": pa.array(prompt_logprobs, pa.binary()),
+            "embedding": pa.array(embeddings, pa.list_(pa.float64())),
             "error": pa.nulls(n, pa.string()),
         }
         return pa.RecordBatch.from_arrays([columns[f.name] for f in schemas.TOKENS], schema=schemas.TOKENS)
@@ -141,6 +144,7 @@ class TokenStream:
             row["sampling"] = schemas.params_to_row(first.params)
             row["num_cached_tokens"] = first.num_cached_tokens
             row["prompt_logprobs"] = encode_prompt_logprobs(first)
+            row["embedding"] = first.embedding() if first.wants_pooling else None
         if finished:
             self.sent.pop(key, None)
         elif state is None:

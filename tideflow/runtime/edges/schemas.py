@@ -78,6 +78,7 @@ PREFILLED = pa.schema(
         ("first_token_id", pa.int32()),  # sampled by prefill
         ("first_logprobs", pa.binary()),  # msgpack of {token_id: (logprob, rank)}, or null
         ("prompt_logprobs", pa.binary()),  # the request's prompt logprobs (encode_prompt_logprobs), or null
+        ("embedding", pa.list_(pa.float64())),  # the request's embedding (sampling.pooling), or null
         # the counter-based sampling seed fixed at the first random draw (null: greedy so far);
         # with it, decode draws exactly what prefill's engine would have drawn next
         ("sampling_seed", pa.int64()),
@@ -105,6 +106,7 @@ TOKENS = pa.schema(
         ("sampling", SAMPLING),  # only on seq == 0, else null
         ("num_cached_tokens", pa.int32()),  # prefix-cache hit, on seq == 0
         ("prompt_logprobs", pa.binary()),  # the request's prompt logprobs (encode_prompt_logprobs), on seq == 0 of index 0
+        ("embedding", pa.list_(pa.float64())),  # the request's embedding (sampling.pooling), on seq == 0 of index 0
         ("error", pa.string()),  # the request failed (finish_reason "error"), or null
     ]
 )
@@ -125,6 +127,7 @@ OUTPUTS = pa.schema(
         ("prompt_token_ids", pa.list_(pa.int32())),  # only on seq == 0
         ("error", pa.string()),
         ("prompt_logprobs", pa.binary()),  # as on TOKENS
+        ("embedding", pa.list_(pa.float64())),  # as on TOKENS
     ]
 )
 
