@@ -88,6 +88,11 @@ CASES = [
     ("best_of below n", "completions", {**GOOD, "n": 2, "best_of": 1}, None, 400, "best_of"),
     ("best_of streamed", "completions", {**GOOD, "best_of": 2, "stream": True}, None, 400, "best_of"),
     ("best_of a float", "completions", {**GOOD, "best_of": 2.5}, None, 400, "best_of"),
+    ("embeddings input empty", "embeddings", {"input": ""}, None, 400, "input"),
+    ("embeddings input past the vocabulary", "embeddings", {"input": [5, 512]}, None, 400, "input"),
+    ("embeddings encoding_format", "embeddings", {"input": "hi", "encoding_format": "hex"}, None, 400,
+     "encoding_format"),
+    ("embeddings pooling a number", "embeddings", {"input": "hi", "pooling": 1}, None, 400, "pooling"),
     ("unknown model", "completions", {**GOOD, "model": "gpt-17"}, None, 404, "model"),
     ("unknown model (chat)", "chat/completions", {**CHAT, "model": "gpt-17"}, None, 404, "model"),
 ]
