@@ -47,3 +47,16 @@ def test_no_embedding_unless_asked(tiny_model_dir):
     (out,) = LLM(tiny_model_dir("llama"), dtype="float64").generate([{"prompt_token_ids": [5, 6]}],
                                                                       SamplingParams(max_tokens=1), use_tqdm=False)
     assert out.embedding is None
+
+
+def test_pooled_and_sampled_requests_share_a_step(case):
+    path, hidden = case
+    llm = LLM(path, dtype="float64")
+    plain = SamplingParams(temperature=0, max_tokens=5, prompt_logprobs=1)
+    alone = llm.generate([{"prompt_token_ids": PROMPTS[1]}], plain, use_tqdm=False)[0]
+    pooled, sampled = llm.generate([{"prompt_token_ids": p} for p in PROMPTS],
+                                   [SamplingParams(max_tokens=1, pooling="last"), plain], use_tqdm=False)
+    assert sampled.outputs[0].token_ids == alone.outputs[0].token_ids and sampled.embedding is None
+    assert sampled.prompt_logprobs == alone.prompt_logprobs
+    expected = torch.nn.functional.normalize(hidden[0][-1], dim=0)
+    assert torch.allclose(torch.tensor(pooled.embedding, dtype=torch.float64), expected, atol=1e-9)

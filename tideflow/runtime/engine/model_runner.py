@@ -122,8 +122,9 @@ class ModelRunner:
         hidden_idx = torch.tensor(hidden_rows, dtype=torch.int64, device=self.device)
         if self.packed is not None:
             return self.packed(input_ids, positions, meta, sample_idx, images=images, hidden_rows=hidden_idx)
-        out = self._transformers_forward(input_ids, positions, meta, images, output_hidden_states=True)
-        return out.logits[0][sample_idx], out.hidden_states[-1][0][hidden_idx]
+        out = self._transformers_forward(input_ids, positions, meta, images, logits_to_keep=sample_idx,
+                                         output_hidden_states=True)
+        return out.logits[0], out.hidden_states[-1][0][hidden_idx]
 
     def _transformers_forward(self, input_ids, positions, meta, images, **options):
         """transformers' forward of the packed batch with the `tideflow` attention function."""
