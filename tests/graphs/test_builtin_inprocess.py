@@ -59,7 +59,8 @@ def test_prompt_logprobs_cross_the_graph(model, build):
     out = build(model, dtype="float64").run(prompts, params)
     for got, want in zip(out, expected):
         assert got.prompt_logprobs[0] is None and len(got.prompt_logprobs) == len(want.prompt_token_ids)
-        assert got.prompt_logprobs == want.prompt_logprobs
+        plain = lambda entries: [e and {t: (lp.logprob, lp.rank) for t, lp in e.items()} for e in entries]  # noqa: E731
+        assert plain(got.prompt_logprobs) == plain(want.prompt_logprobs)  # decoded tokens are the LLM's own
 
 
 @pytest.mark.parametrize("build", [colocated, disaggregated])

@@ -72,3 +72,12 @@ def test_n_above_one_shares_the_prompt_logprobs(tiny_model_dir):
     params = SamplingParams(n=2, max_tokens=2, prompt_logprobs=0, seed=3)
     (out,) = llm.generate([{"prompt_token_ids": [5, 6, 7, 8]}], params, use_tqdm=False)
     assert out.prompt_logprobs[0] is None and [len(e) for e in out.prompt_logprobs[1:]] == [1, 1, 1]
+
+
+def test_prompt_logprobs_carry_decoded_tokens(tiny_model_dir):
+    llm = LLM(tiny_model_dir("llama"), dtype="float64")
+    tok = llm.get_tokenizer()
+    (out,) = llm.generate(["hello there world"], SamplingParams(max_tokens=1, prompt_logprobs=1), use_tqdm=False)
+    ids = out.prompt_token_ids
+    for pos in range(1, len(ids)):
+        assert out.prompt_logprobs[pos][ids[pos]].decoded_token == tok.decode([ids[pos]])
