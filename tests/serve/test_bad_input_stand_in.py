@@ -43,3 +43,8 @@ def test_prompt_logprobs_field(app):
     assert status == 200, answer
     entries = answer["choices"][0]["prompt_logprobs"]
     assert entries[0] is None and all(1 <= len(e) <= 2 for e in entries[1:])
+
+    status, answer = call(app, "POST", "/v1/chat/completions",
+                          {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "prompt_logprobs": 0})
+    assert status == 200, answer
+    assert answer["prompt_logprobs"][0] is None and all(len(e) == 1 for e in answer["prompt_logprobs"][1:])

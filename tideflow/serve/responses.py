@@ -154,8 +154,11 @@ def chat_response(prep: Prepared, info: ModelInfo, outputs: list[RequestOutput])
             "finish_reason": c.finish_reason,
             "stop_reason": c.stop_reason,
         })
-    return {"id": new_id("chat"), "object": "chat.completion", "created": int(time.time()), "model": info.name,
-            "choices": choices, "usage": usage(prep, outputs)}
+    response = {"id": new_id("chat"), "object": "chat.completion", "created": int(time.time()), "model": info.name,
+                "choices": choices, "usage": usage(prep, outputs)}
+    if prep.params.prompt_logprobs is not None:  # vLLM's own field, on the response
+        response["prompt_logprobs"] = vllm_prompt_logprobs(out.prompt_logprobs or [None], info)
+    return response
 
 
 # -- streams ----------------------------------------------------------------------------------
