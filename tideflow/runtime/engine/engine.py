@@ -153,6 +153,8 @@ class Engine:
     def new_sequence(self, request_id: str, index: int, ids: list[int], params: SamplingParams, arrival_time=0.0) -> Sequence:
         """A sequence for completion `index` of a request, its output limit resolved. Raises
         ValueError when prompt plus max_tokens can never fit the KV pool."""
+        if params.ranks_completions:  # the engine samples completions; choosing the best is its caller's
+            raise ValueError("best_of: an engine runs params.sampled_params(); LLM and the server pick the best")
         max_tokens = self.max_model_len - len(ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
