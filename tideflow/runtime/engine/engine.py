@@ -135,8 +135,6 @@ class Engine:
         `image_features` are their features when an encoder stage computed them already."""
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        if params.pooling is not None and self.config.parallel.tensor_parallel_size > 1:
-            raise ValueError("pooling: embeddings are not computed with tensor_parallel_size > 1 yet")
         ids, image_inputs = self.images.prepare(list(prompt_token_ids), images, image_features)
         ids = check_prompt_ids(ids, self.vocab_size, self.max_model_len)
         now = time.time()  # wall clock, as every request metric (comparable across processes)
@@ -155,6 +153,8 @@ class Engine:
         ValueError when prompt plus max_tokens can never fit the KV pool."""
         if params.ranks_completions:  # the engine samples completions; choosing the best is its caller's
             raise ValueError("best_of: an engine runs params.sampled_params(); LLM and the server pick the best")
+        if params.pooling is not None and self.config.parallel.tensor_parallel_size > 1:
+            raise ValueError("pooling: embeddings are not computed with tensor_parallel_size > 1 yet")
         max_tokens = self.max_model_len - len(ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
