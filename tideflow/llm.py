@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Sequence as Seq
 
 from tideflow.config import engine_config
-from tideflow.outputs import RequestOutput
+from tideflow.outputs import RequestOutput, best_completions
 from tideflow.runtime.engine.prompt_processor import PromptType, normalize
 from tideflow.sampling_params import SamplingParams
 
@@ -70,7 +70,8 @@ class LLM:
         Without `sampling_params`, `get_default_sampling_params()` applies."""
         if sampling_params is None:
             sampling_params = self.get_default_sampling_params()
-        prompts, params = normalize(prompts, sampling_params)
+        prompts, asked = normalize(prompts, sampling_params)
+        params = [sp.sampled_params() for sp in asked]
         processed = [self.prompts.process(p) for p in prompts]
         for p, sp in zip(processed, params):
             self.engine.check_request(p.token_ids, sp, images=p.images)
@@ -84,7 +85,9 @@ class LLM:
             for rid in request_ids:
                 self.engine.abort_request(rid)
             raise
-        return self._run(request_ids, use_tqdm)
+        outputs = self._run(request_ids, use_tqdm)
+        return [best_completions(o, sp.n, sp.logprobs is not None) if sp.ranks_completions else o
+                for o, sp in zip(outputs, asked)]
 
     def chat(
         self,

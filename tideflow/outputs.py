@@ -16,6 +16,8 @@ class Logprob:
 
 # position in the completion -> {token_id -> Logprob}; the sampled token is always included
 SampleLogprobs = list[dict[int, Logprob]]
+# prompt position -> {token_id -> Logprob} (the prompt's own token and the top-k); None at position 0
+PromptLogprobs = list[dict[int, Logprob] | None]
 
 
 @dataclass(slots=True)
@@ -34,6 +36,19 @@ class CompletionOutput:
         return self.finish_reason is not None
 
 
+def best_completions(out: "RequestOutput", n: int, logprobs: bool) -> "RequestOutput":
+    """`out` (of params run by `SamplingParams.sampled_params`) cut to its `n` completions with
+    the highest cumulative logprob, numbered 0..n-1 in that order; their logprobs are dropped
+    unless `logprobs` (the request asked for them)."""
+    ranked = sorted(out.outputs, key=lambda c: -(c.cumulative_logprob or 0.0))[:n]
+    best = []
+    for i, c in enumerate(ranked):
+        best.append(CompletionOutput(i, c.text, c.token_ids, c.cumulative_logprob if logprobs else None,
+                                     c.logprobs if logprobs else None, c.finish_reason, c.stop_reason))
+    return RequestOutput(out.request_id, out.prompt, out.prompt_token_ids, best, out.finished, out.metrics,
+                         out.prompt_logprobs, out.embedding)
+
+
 @dataclass(slots=True)
 class RequestOutput:
     """The state of one request: complete when `finished`, growing while it streams."""
@@ -46,3 +61,5 @@ class RequestOutput:
     # arrival_time / first_token_time / finished_time, wall-clock seconds (time.time()) on every path:
     # the in-process engine and a graph's stages in other processes read the same clock
     metrics: dict[str, float] = field(default_factory=dict)
+    prompt_logprobs: PromptLogprobs | None = None  # when SamplingParams.prompt_logprobs was set
+    embedding: list[float] | None = None  # the prompt's pooled, L2-normalized hidden state (SamplingParams.pooling)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _GREEDY_EPS = 1e-5  # temperatures below this decode greedily
+MAX_LOGIT_BIAS = 100.0  # logit_bias values are clamped to [-100, 100], as OpenAI's range
 
 # The keys of a generation_config.json that become a model's default sampling parameters (the
 # ones vLLM takes; do_sample and the rest are ignored, as vLLM ignores them), and the
@@ -27,6 +28,7 @@ class SamplingParams:
     """How one request samples and when it stops. Invalid values raise ValueError naming the field."""
 
     n: int = 1  # completions per prompt
+    best_of: int | None = None  # completions sampled, the n with the highest cumulative logprob returned (None -> n)
     temperature: float = 1.0  # 0 -> greedy
     top_p: float = 1.0  # nucleus mass in (0, 1]
     top_k: int = 0  # 0 or -1 -> off
@@ -43,6 +45,11 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # number of top logprobs per generated token (0 -> the sampled one only)
     skip_special_tokens: bool = True
+    prompt_logprobs: int | None = None  # top logprobs per prompt token, besides the token itself (None -> none)
+    logit_bias: Mapping[int, float] | None = None  # token id -> added to its logit (clamped to [-100, 100])
+    allowed_token_ids: tuple[int, ...] | None = None  # only these tokens may be sampled
+    bad_words: tuple[str, ...] = ()  # words never generated: a word's last token is banned after its other tokens
+    pooling: str | None = None  # "last" | "mean": the request's output carries the prompt's embedding
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -51,6 +58,23 @@ class SamplingParams:
             object.__setattr__(self, "stop", tuple(self.stop or ()))
         if not isinstance(self.stop_token_ids, tuple):
             object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
+        if self.allowed_token_ids is not None and not isinstance(self.allowed_token_ids, tuple):
+            object.__setattr__(self, "allowed_token_ids", tuple(self.allowed_token_ids))
+        if isinstance(self.bad_words, str):
+            object.__setattr__(self, "bad_words", (self.bad_words,))
+        elif not isinstance(self.bad_words, tuple):
+            object.__setattr__(self, "bad_words", tuple(self.bad_words or ()))
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, Mapping):
+                raise ValueError(f"logit_bias must map token ids to biases, got {self.logit_bias!r}")
+            bias = {}
+            for token, value in self.logit_bias.items():
+                if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                    raise ValueError(f"logit_bias keys must be non-negative token ids, got {token!r}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                    raise ValueError(f"logit_bias values must be numbers, got {value!r}")
+                bias[token] = min(MAX_LOGIT_BIAS, max(-MAX_LOGIT_BIAS, float(value)))
+            object.__setattr__(self, "logit_bias", bias or None)
         self._validate()
 
     def _validate(self) -> None:
@@ -59,6 +83,8 @@ class SamplingParams:
 
         if not isinstance(self.n, int) or self.n < 1:
             bad("n", "must be at least 1")
+        if self.best_of is not None and (not isinstance(self.best_of, int) or self.best_of < self.n):
+            bad("best_of", f"must be an integer >= n ({self.n})")
         if self.temperature < 0:
             bad("temperature", "must be non-negative")
         if not 0.0 < self.top_p <= 1.0:
@@ -83,12 +109,35 @@ class SamplingParams:
             bad("stop_token_ids", "must hold non-negative token ids")
         if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
             bad("logprobs", "must be a non-negative integer")
+        if self.prompt_logprobs is not None and (not isinstance(self.prompt_logprobs, int) or self.prompt_logprobs < 0):
+            bad("prompt_logprobs", "must be a non-negative integer")
+        if self.allowed_token_ids is not None and (
+            not self.allowed_token_ids or any(not isinstance(t, int) or t < 0 for t in self.allowed_token_ids)
+        ):
+            bad("allowed_token_ids", "must hold at least one non-negative token id")
+        if any(not isinstance(w, str) or not w.strip() for w in self.bad_words):
+            bad("bad_words", "must hold non-empty strings")
+        if self.pooling not in (None, "last", "mean"):
+            bad("pooling", "must be 'last' or 'mean'")
         if self.seed is not None and not isinstance(self.seed, int):
             bad("seed", "must be an integer")
 
     @property
     def greedy(self) -> bool:
         return self.temperature < _GREEDY_EPS
+
+    @property
+    def ranks_completions(self) -> bool:
+        """Whether more completions are sampled than returned (best_of > n)."""
+        return self.best_of is not None and self.best_of > self.n
+
+    def sampled_params(self) -> "SamplingParams":
+        """What an engine runs for these params: with best_of > n, best_of completions that each
+        keep their sampled tokens' logprobs (their ranking; `outputs.best_completions` picks
+        the n and drops what was not asked for); else these params."""
+        if not self.ranks_completions:
+            return self
+        return self.replace(n=self.best_of, best_of=None, logprobs=0 if self.logprobs is None else self.logprobs)
 
     def replace(self, **changes) -> "SamplingParams":
         return dataclasses.replace(self, **changes)

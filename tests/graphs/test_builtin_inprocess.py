@@ -49,3 +49,25 @@ def test_bad_request_fails_explicitly_and_others_complete(model):
     graph = colocated(model, dtype="float32")
     with pytest.raises(RequestError, match="outside the vocabulary"):
         graph.run([{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [5, 100_000]}], SamplingParams(max_tokens=3))
+
+
+@pytest.mark.parametrize("build", [colocated, disaggregated])
+def test_prompt_logprobs_cross_the_graph(model, build):
+    params = SamplingParams(temperature=0, max_tokens=2, prompt_logprobs=1, n=2)
+    prompts = [{"prompt_token_ids": [5, 9, 11, 30, 2]}, {"prompt_token_ids": [8]}]
+    expected = LLM(model, dtype="float64").generate(prompts, params, use_tqdm=False)
+    out = build(model, dtype="float64").run(prompts, params)
+    for got, want in zip(out, expected):
+        assert got.prompt_logprobs[0] is None and len(got.prompt_logprobs) == len(want.prompt_token_ids)
+        plain = lambda entries: [e and {t: (lp.logprob, lp.rank) for t, lp in e.items()} for e in entries]  # noqa: E731
+        assert plain(got.prompt_logprobs) == plain(want.prompt_logprobs)  # decoded tokens are the LLM's own
+
+
+@pytest.mark.parametrize("build", [colocated, disaggregated])
+def test_embeddings_cross_the_graph(model, build):
+    params = SamplingParams(max_tokens=1, pooling="mean")
+    prompts = [{"prompt_token_ids": [5, 9, 11, 30, 2]}, {"prompt_token_ids": [8]}]
+    expected = LLM(model, dtype="float64").generate(prompts, params, use_tqdm=False)
+    out = build(model, dtype="float64").run(prompts, params)
+    for got, want in zip(out, expected):
+        assert got.embedding is not None and got.embedding == pytest.approx(want.embedding, abs=1e-12)

@@ -17,7 +17,7 @@ from tideflow.actors.engine_role import EngineRole
 from tideflow.actors.prefill import kv_key
 from tideflow.runtime.dataflow.role import Emission, StageContext
 from tideflow.runtime.edges import schemas
-from tideflow.runtime.edges.rows import TokenStream, concat, decode_logprobs
+from tideflow.runtime.edges.rows import TokenStream, concat, decode_logprobs, decode_prompt_logprobs
 from tideflow.runtime.engine.core.sequence import Sequence, SequenceStatus
 from tideflow.runtime.recovery.snapshot_codec import kv_from_state, restore_stream, seq_from_state, seq_state, stream_state
 
@@ -53,6 +53,9 @@ class Decode(EngineRole):
             seq = self.engine.new_sequence(rid, index, row["prompt_token_ids"], params)
             seq.token_ids.append(row["first_token_id"])
             seq.logprobs = decode_logprobs(row["first_logprobs"])
+            seq.prompt_logprobs = decode_prompt_logprobs(row.get("prompt_logprobs"))
+            if row.get("embedding") is not None:  # pooled by prefill: one normalized row
+                seq.pooled_sum, seq.pooled_count = list(row["embedding"]), 1
             if seq.logprobs:
                 seq.cumulative_logprob = seq.logprobs[0][row["first_token_id"]].logprob
             if row["finished"]:  # the first token ended it: pass it through

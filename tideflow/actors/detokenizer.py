@@ -228,6 +228,7 @@ class _OutColumns:
             "finished": pa.array(self.finished, pa.bool_()), "finish_reason": pa.array(self.finish_reason, pa.string()),
             "stop_reason": pa.array(self.stop_reason, pa.string()),
             "stop_token_id": pa.array(self.stop_token_id, pa.int32()), "prompt_token_ids": prompts,
-            "error": pa.nulls(len(keep), pa.string()),
+            "error": pa.nulls(len(keep), pa.string()), "prompt_logprobs": taken.column("prompt_logprobs"),
+            "embedding": taken.column("embedding"),
         }
         return pa.RecordBatch.from_arrays([columns[f.name] for f in schemas.OUTPUTS], schema=schemas.OUTPUTS)

@@ -9,7 +9,7 @@ import pyarrow as pa
 from tideflow.actors.engine_role import EngineRole, admit
 from tideflow.runtime.dataflow.role import Emission
 from tideflow.runtime.edges import schemas
-from tideflow.runtime.edges.rows import encode_logprobs, to_batch
+from tideflow.runtime.edges.rows import encode_logprobs, encode_prompt_logprobs, to_batch
 
 
 def kv_key(request_id: str, index: int) -> str:
@@ -46,6 +46,8 @@ class Prefill(EngineRole):
                 "arrival_time": seq.arrival_time,
                 "first_token_id": out.token_ids[out.token_offsets[i]],
                 "first_logprobs": encode_logprobs(out.new_logprobs(i)),
+                "prompt_logprobs": encode_prompt_logprobs(seq),
+                "embedding": seq.embedding() if seq.wants_pooling else None,
                 "finished": out.finished[i],
                 "finish_reason": out.finish_reasons[i],
                 "stop_token_id": stop if isinstance(stop, int) else None,

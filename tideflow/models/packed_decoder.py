@@ -178,10 +178,12 @@ class PackedDecoder:
 
     @torch.inference_mode()
     def __call__(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta, logits_rows: torch.Tensor, images=None
-    ) -> torch.Tensor:
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta, logits_rows: torch.Tensor, images=None,
+        hidden_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """`images`: (rows [k], features [k, hidden]) whose features replace the embeddings of
-        those rows (a multimodal prompt's image tokens), or None."""
+        those rows (a multimodal prompt's image tokens), or None. With `hidden_rows`, returns
+        (logits, the final hidden states of those rows after the last norm)."""
         h = self.embed(input_ids)  # [T, hidden]
         if images is not None:
             h[images[0]] = images[1].to(h.dtype)
@@ -190,7 +192,8 @@ class PackedDecoder:
         for layer in self.layers:
             h = h + self._attention(layer, layer.norm1(h), cos, sin, meta)
             h = h + self._mlp(layer, layer.norm2(h))
-        return self.lm_head(self.norm(h[logits_rows]))
+        logits = self.lm_head(self.norm(h[logits_rows]))
+        return logits if hidden_rows is None else (logits, self.norm(h[hidden_rows]))
 
     def _attention(self, layer: _Layer, x, cos, sin, meta) -> torch.Tensor:
         tokens, d = x.shape[0], layer.head_dim

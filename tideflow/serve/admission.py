@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from tideflow.serve.errors import overloaded
 
-GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 ARRIVAL = "tideflow_arrival"  # scope["state"] key: time.monotonic() when the request reached the replica
 QUEUED = "tideflow_queued_s"  # scope["state"] key: seconds it waited for a slot
 

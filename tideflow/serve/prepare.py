@@ -40,6 +40,9 @@ class Prepared:
     top_logprobs: int | None  # logprobs to render per token; None -> no logprobs
     echo: bool  # completions: the prompt's text before each completion
     tokens_as_ids: bool  # logprob tokens rendered as "token_id:N"
+    # completions with echo and max_tokens 0: only the prompt (and, with logprobs, its logprobs)
+    # comes back; the one token the graph generates is dropped, as vLLM does
+    echo_only: bool = False
 
 
 def check_model(name: str | None, info: ModelInfo) -> None:
@@ -51,16 +54,23 @@ def prepare_completion(req: CompletionRequest, info: ModelInfo) -> Prepared:
     check_model(req.model, info)
     if req.suffix is not None:
         raise bad_request("'suffix' is not supported", "suffix", code="unsupported_parameter")
-    if req.best_of is not None and req.best_of != req.n:
-        raise bad_request("'best_of' other than n is not supported", "best_of", code="unsupported_parameter")
-    if req.echo and req.logprobs is not None:
-        raise bad_request("'echo' together with 'logprobs' is not supported", "echo", code="unsupported_parameter")
-    prompts, texts, lengths = _completion_prompts(req.prompt, info)
+    if req.best_of is not None:
+        if not req.n <= req.best_of <= MAX_N:
+            raise bad_request(f"'best_of' must be in [n, {MAX_N}], got {req.best_of}", "best_of")
+        if req.stream and req.best_of > req.n:  # the best are known only at the end (vLLM refuses it too)
+            raise bad_request("'best_of' greater than n cannot stream", "best_of", code="unsupported_parameter")
+    prompts, texts, lengths = completion_prompts(req.prompt, info)
     # unset, not null: an explicit null asks for the whole context, as it always has
     unset = "max_tokens" not in req.model_fields_set
-    params = _sampling(req, info, lengths, req.max_tokens, "max_tokens", req.logprobs, "logprobs", "prompt", unset)
+    echo_only = req.echo and req.max_tokens == 0  # scoring a prompt (lm-evaluation-harness)
+    max_tokens = 1 if echo_only else req.max_tokens
+    params = _sampling(req, info, lengths, max_tokens, "max_tokens", req.logprobs, "logprobs", "prompt", unset)
+    if req.echo and req.logprobs is not None:  # the prompt's tokens come back with their logprobs too
+        params = params.replace(prompt_logprobs=req.logprobs)
+    if req.best_of is not None:
+        params = params.replace(best_of=req.best_of)
     return Prepared(prompts, texts, lengths, params, req.stream, _include_usage(req), req.logprobs, req.echo,
-                    req.return_tokens_as_token_ids)
+                    req.return_tokens_as_token_ids, echo_only)
 
 
 def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
@@ -73,7 +83,7 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     images: list[bytes] = []
-    messages = [_message(i, m, info, images) for i, m in enumerate(req.messages)]
+    messages = [chat_message(i, m, info, images) for i, m in enumerate(req.messages)]
     if not messages:
         raise bad_request("'messages' must not be empty", "messages")
     try:
@@ -95,27 +105,29 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
 
 
 # -- prompts ----------------------------------------------------------------------------------
-def _completion_prompts(prompt, info: ModelInfo) -> tuple[list, list[str], list[int]]:
+def completion_prompts(prompt, info: ModelInfo, param: str = "prompt") -> tuple[list, list[str], list[int]]:
+    """Graph prompts, texts and lengths of a completions `prompt` (or an embeddings `input`:
+    `param` names it in errors)."""
     if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
         prompt = [prompt]
     if not prompt:
-        raise bad_request("'prompt' must not be empty", "prompt")
+        raise bad_request(f"'{param}' must not be empty", param)
     prompts, texts, lengths = [], [], []
     for p in prompt:
         if isinstance(p, str):
             if not p:
-                raise bad_request("'prompt' must not be empty", "prompt")
+                raise bad_request(f"'{param}' must not be empty", param)
             ids = info.encode(p)
             if not ids:
-                raise bad_request("'prompt' encodes to no tokens", "prompt")
+                raise bad_request(f"'{param}' encodes to no tokens", param)
             prompts.append({"prompt": p, "prompt_token_ids": ids})  # tokenized once, here
             texts.append(p)
         else:
             if not p:
-                raise bad_request("'prompt' must not be empty", "prompt")
+                raise bad_request(f"'{param}' must not be empty", param)
             bad = next((t for t in p if t < 0 or t >= info.vocab_size), None)
             if bad is not None:
-                raise bad_request(f"token id {bad} is outside the vocabulary [0, {info.vocab_size})", "prompt",
+                raise bad_request(f"token id {bad} is outside the vocabulary [0, {info.vocab_size})", param,
                                   code="invalid_token_id")
             ids = list(p)
             prompts.append({"prompt_token_ids": ids})
@@ -124,7 +136,7 @@ def _completion_prompts(prompt, info: ModelInfo) -> tuple[list, list[str], list[
     return prompts, texts, lengths
 
 
-def _message(i: int, m, info: ModelInfo, images: list[bytes]) -> dict:
+def chat_message(i: int, m, info: ModelInfo, images: list[bytes]) -> dict:
     """One message with string content: text parts joined by newlines, each `image_url` part
     replaced by the model's image placeholder (its image appended to `images`)."""
     content = m.content
@@ -166,8 +178,14 @@ def _sampling(req, info: ModelInfo, lengths: list[int], max_tokens: int | None, 
     leaves unset, the API's defaults for the rest."""
     if not 1 <= req.n <= MAX_N:
         raise bad_request(f"'n' must be in [1, {MAX_N}], got {req.n}", "n")
-    if req.logit_bias:
-        raise bad_request("'logit_bias' is not supported", "logit_bias", code="unsupported_parameter")
+    logit_bias = _logit_bias(req.logit_bias, info)
+    for t in req.allowed_token_ids or ():
+        if not 0 <= t < info.vocab_size:
+            raise bad_request(f"allowed token id {t} is outside the vocabulary [0, {info.vocab_size})",
+                              "allowed_token_ids")
+    if req.prompt_logprobs is not None and not 0 <= req.prompt_logprobs <= MAX_LOGPROBS:
+        raise bad_request(f"'prompt_logprobs' must be in [0, {MAX_LOGPROBS}], got {req.prompt_logprobs}",
+                          "prompt_logprobs")
     if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
         raise bad_request(f"'{logprobs_param}' must be in [0, {MAX_LOGPROBS}], got {logprobs}", logprobs_param)
     if req.seed is not None and not -_INT64 - 1 <= req.seed <= _INT64:
@@ -214,6 +232,10 @@ def _sampling(req, info: ModelInfo, lengths: list[int], max_tokens: int | None, 
         include_stop_str_in_output=req.include_stop_str_in_output,
         logprobs=logprobs,
         skip_special_tokens=req.skip_special_tokens,
+        prompt_logprobs=req.prompt_logprobs,
+        logit_bias=logit_bias,
+        allowed_token_ids=req.allowed_token_ids,
+        bad_words=tuple(req.bad_words or ()),
     )
     try:
         return SamplingParams(**fields)
@@ -221,6 +243,24 @@ def _sampling(req, info: ModelInfo, lengths: list[int], max_tokens: int | None, 
         field = str(exc).split()[0]
         param = {"max_tokens": max_tokens_param, "logprobs": logprobs_param}.get(field, field)
         raise bad_request(f"'{param}' {str(exc).split(' ', 1)[1]}", param) from None
+
+
+def _logit_bias(bias: dict[str, float] | None, info: ModelInfo) -> dict[int, float] | None:
+    """OpenAI's logit_bias (string token ids) as token id -> bias; a key that is not a token id
+    of the vocabulary is a 400. SamplingParams clamps the biases."""
+    if not bias:
+        return None
+    out = {}
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise bad_request(f"'logit_bias' keys must be token ids, got {key!r}", "logit_bias") from None
+        if not 0 <= token < info.vocab_size:
+            raise bad_request(f"logit_bias token id {token} is outside the vocabulary [0, {info.vocab_size})",
+                              "logit_bias")
+        out[token] = value
+    return out
 
 
 def _too_long(info: ModelInfo, prompt_len: int, max_tokens: int | None, param: str) -> APIError:

@@ -34,7 +34,7 @@ class _Sampling(_Body):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None  # not supported: must be empty
+    logit_bias: dict[str, float] | None = None  # token id (a string, as OpenAI's) -> bias, clamped to [-100, 100]
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # accepted and ignored
@@ -48,6 +48,9 @@ class _Sampling(_Body):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     return_tokens_as_token_ids: bool = False  # logprob tokens as "token_id:123"
+    allowed_token_ids: list[int] | None = None  # only these tokens may be generated
+    bad_words: list[str] | None = None  # words never generated
+    prompt_logprobs: int | None = None  # top logprobs per prompt token (completions: `prompt_logprobs` per choice)
 
 
 class CompletionRequest(_Sampling):
@@ -84,3 +87,40 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = None
     tools: list[Any] | None = None  # not supported: must be empty
     response_format: dict[str, Any] | None = None  # only {"type": "text"}
+
+
+class TokenizeCompletionRequest(_Body):
+    """`POST /tokenize` of a completion prompt (vLLM's shape)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(_Body):
+    """`POST /tokenize` of a conversation, after the chat template (vLLM's shape)."""
+
+    model: str | None = None
+    messages: list[ChatMessage]
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = False  # the template already places them
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Body):
+    """`POST /detokenize`: token ids back to text."""
+
+    model: str | None = None
+    tokens: list[int]
+
+
+class EmbeddingRequest(_Body):
+    """`POST /v1/embeddings` (OpenAI's shape; `pooling` is tideflow's extension)."""
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: str = "float"  # "float" | "base64" (little-endian float32, as OpenAI's)
+    dimensions: int | None = None  # not supported: the model's hidden size only
+    user: str | None = None  # accepted and ignored
+    pooling: str = "last"  # "last" | "mean" over the prompt's final hidden states

@@ -44,18 +44,45 @@ def _token(info: ModelInfo, token_id: int, as_ids: bool) -> str:
 def completion_logprobs(c: CompletionOutput | CompletionDelta, start: int, offset: int, top: int, info: ModelInfo, as_ids: bool) -> dict:
     """OpenAI's legacy logprobs object for tokens `start:` of a completion; text offsets
     count from `offset` (the characters of this choice sent before)."""
+    return _legacy_logprobs(c.token_ids[start:], (c.logprobs or [])[start:], offset, top, info, as_ids)
+
+
+def prompt_logprobs(prompt_token_ids: list[int], entries: list, top: int, info: ModelInfo, as_ids: bool) -> dict:
+    """The legacy logprobs object of an echoed prompt (its first token's logprob and top
+    logprobs are null, as vLLM's); text offsets count from 0."""
+    return _legacy_logprobs(prompt_token_ids, entries, 0, top, info, as_ids)
+
+
+def vllm_prompt_logprobs(entries: list, info: ModelInfo) -> list:
+    """vLLM's `prompt_logprobs` field: per prompt token None (the first) or
+    {token id: {logprob, rank, decoded_token}}."""
+    return [None if e is None else {str(t): {"logprob": _lp(lp.logprob), "rank": lp.rank,
+                                             "decoded_token": info.token_text(t)} for t, lp in e.items()}
+            for e in entries]
+
+
+def joined(first: dict, second: dict) -> dict:
+    """Two legacy logprobs objects one after the other (the echoed prompt's, the completion's)."""
+    return {key: first[key] + second[key] for key in first}
+
+
+def _legacy_logprobs(token_ids: list[int], entries: list, offset: int, top: int, info: ModelInfo, as_ids: bool) -> dict:
     tokens, token_logprobs, tops, offsets = [], [], [], []
-    for token_id, entry in zip(c.token_ids[start:], (c.logprobs or [])[start:]):
+    for token_id, entry in zip(token_ids, entries):
         text = _token(info, token_id, as_ids)
         tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+        if entry is None:  # the prompt's first token: nothing predicts it
+            token_logprobs.append(None)
+            tops.append(None)
+            continue
         token_logprobs.append(_lp(entry[token_id].logprob) if token_id in entry else None)
         ranked = sorted(entry.items(), key=lambda kv: kv[1].rank)[:top]
         best = {_token(info, t, as_ids): _lp(lp.logprob) for t, lp in ranked}
         if token_id in entry:
             best.setdefault(text, _lp(entry[token_id].logprob))
         tops.append(best)
-        offsets.append(offset)
-        offset += len(text)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
 
 
@@ -86,15 +113,31 @@ def completion_response(prep: Prepared, info: ModelInfo, outputs: list[RequestOu
             logprobs = None
             if prep.top_logprobs is not None:
                 logprobs = completion_logprobs(c, 0, len(prefix), prep.top_logprobs, info, prep.tokens_as_ids)
-            choices.append({
+                if prep.echo:
+                    echoed = prompt_logprobs(out.prompt_token_ids, out.prompt_logprobs or [], prep.top_logprobs, info,
+                                             prep.tokens_as_ids)
+                    logprobs = joined(echoed, logprobs)
+            choice = {
                 "index": p * prep.params.n + c.index,
                 "text": prefix + c.text,
                 "logprobs": logprobs,
                 "finish_reason": c.finish_reason,
                 "stop_reason": c.stop_reason,
-            })
+            }
+            if prep.params.prompt_logprobs is not None and not prep.echo:  # vLLM's own field
+                choice["prompt_logprobs"] = vllm_prompt_logprobs(out.prompt_logprobs or [None], info)
+            choices.append(choice)
     return {"id": new_id("completion"), "object": "text_completion", "created": int(time.time()), "model": info.name,
             "choices": choices, "usage": usage(prep, outputs)}
+
+
+def without_generation(delta: OutputDelta) -> OutputDelta:
+    """`delta` less its completions' generated tokens, text and logprobs (an echo with
+    max_tokens 0 returns the prompt alone); finish reasons stay."""
+    completions = [CompletionDelta(c.index, [], "", None if c.logprobs is None else [], c.cumulative_logprob,
+                                   c.finish_reason, c.stop_reason) for c in delta.completions]
+    return OutputDelta(delta.request_id, delta.finished, completions, delta.prompt_token_ids, delta.metrics,
+                       delta.prompt_logprobs, delta.embedding)
 
 
 def chat_response(prep: Prepared, info: ModelInfo, outputs: list[RequestOutput]) -> dict:
@@ -111,8 +154,11 @@ def chat_response(prep: Prepared, info: ModelInfo, outputs: list[RequestOutput])
             "finish_reason": c.finish_reason,
             "stop_reason": c.stop_reason,
         })
-    return {"id": new_id("chat"), "object": "chat.completion", "created": int(time.time()), "model": info.name,
-            "choices": choices, "usage": usage(prep, outputs)}
+    response = {"id": new_id("chat"), "object": "chat.completion", "created": int(time.time()), "model": info.name,
+                "choices": choices, "usage": usage(prep, outputs)}
+    if prep.params.prompt_logprobs is not None:  # vLLM's own field, on the response
+        response["prompt_logprobs"] = vllm_prompt_logprobs(out.prompt_logprobs or [None], info)
+    return response
 
 
 # -- streams ----------------------------------------------------------------------------------
@@ -144,7 +190,7 @@ class Stream:
         if self.kind == "chat":
             return [self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                   "finish_reason": None} for i in range(n)])]
-        if prep.echo:
+        if prep.echo and prep.top_logprobs is None:  # with logprobs, the prompt comes with its logprobs (`update`)
             choices = []
             for p, text in enumerate(prep.prompt_texts):
                 for i in range(n):
@@ -160,6 +206,11 @@ class Stream:
         prep, n = self.prep, self.prep.params.n
         base = len(prep.prompt_texts[prompt_index]) if prep.echo else 0  # echoed characters before the text
         choices = []
+        if prep.echo and prep.top_logprobs is not None and delta.prompt_logprobs is not None:
+            echoed = prompt_logprobs(prep.prompts[prompt_index]["prompt_token_ids"], delta.prompt_logprobs, prep.top_logprobs,
+                                     self.info, prep.tokens_as_ids)
+            choices += [{"index": prompt_index * n + i, "text": prep.prompt_texts[prompt_index], "logprobs": echoed,
+                         "finish_reason": None} for i in range(n)]
         for c in delta.completions:
             index = prompt_index * n + c.index
             if index in self.done:

@@ -20,10 +20,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from tideflow.outputs import RequestOutput
+from tideflow.outputs import RequestOutput, best_completions
 from tideflow.runtime.dataflow.collector import OutputDelta, empty_output
 from tideflow.serve.admission import ARRIVAL, QUEUED, Admission, AdmissionMiddleware
+from tideflow.serve import tokenize_routes
 from tideflow.serve.config import ServeConfig
+from tideflow.serve.embeddings import embeddings_response, prepare_embeddings
 from tideflow.serve.errors import (
     APIError,
     bad_request,
@@ -35,8 +37,8 @@ from tideflow.serve.errors import (
 from tideflow.serve.metrics import CONTENT_TYPE, ServeMetrics
 from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.prepare import Prepared, prepare_chat, prepare_completion
-from tideflow.serve.protocol import ChatCompletionRequest, CompletionRequest
-from tideflow.serve.responses import Stream, chat_response, completion_response
+from tideflow.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from tideflow.serve.responses import Stream, chat_response, completion_response, without_generation
 
 logger = logging.getLogger(__name__)
 _CONTROL_TIMEOUT_S = 10.0  # health and stats calls to the graph's actors
@@ -106,12 +108,34 @@ class OpenAIServer:
         try:
             async for p, delta in self._outputs(prep, arrival):
                 if outputs[p] is None:
-                    outputs[p] = empty_output(delta.request_id, None, prep.params.n)
+                    outputs[p] = empty_output(delta.request_id, None, prep.params.sampled_params().n)
                 delta.apply_to(outputs[p])
         except Exception as exc:  # noqa: BLE001  (admitted requests fail only on the server's side)
             raise await self._failure(exc) from None
+        if prep.params.ranks_completions:
+            outputs = [best_completions(o, prep.params.n, prep.top_logprobs is not None) for o in outputs]
         render = chat_response if kind == "chat" else completion_response
         return JSONResponse(render(prep, self.info, outputs))
+
+    async def embeddings(self, request):
+        """Serve one /v1/embeddings request."""
+        if self.dead:
+            raise server_error(self.dead, unavailable=True)
+        body = await _read_json(request)
+        try:
+            prep = prepare_embeddings(EmbeddingRequest.model_validate(body, strict=True), self.info)
+        except ValidationError as exc:
+            raise from_validation(exc) from None
+        embeddings: list[list[float] | None] = [None] * len(prep.prompts)
+        try:
+            async for p, delta in self._submitted(prep.prompts, prep.params, time.monotonic()):
+                if delta.embedding is not None:
+                    embeddings[p] = delta.embedding
+        except Exception as exc:  # noqa: BLE001  (admitted requests fail only on the server's side)
+            raise await self._failure(exc) from None
+        if any(e is None for e in embeddings):
+            raise server_error("the graph returned no embedding")
+        return JSONResponse(embeddings_response(prep, self.info, embeddings))
 
     async def _sse(self, kind: str, prep: Prepared, arrival: float) -> AsyncIterator[str]:
         stream = Stream(kind, prep, self.info)
@@ -130,6 +154,11 @@ class OpenAIServer:
         yield _DONE
 
     async def _outputs(self, prep: Prepared, arrival: float) -> AsyncIterator[tuple[int, OutputDelta]]:
+        """`_submitted` for a completions or chat request (an echo with max_tokens 0 less what it generated)."""
+        async for p, delta in self._submitted(prep.prompts, prep.params.sampled_params(), arrival):
+            yield p, without_generation(delta) if prep.echo_only else delta
+
+    async def _submitted(self, prompts: list, params, arrival: float) -> AsyncIterator[tuple[int, OutputDelta]]:
         """(prompt index, what its output gained) as the outputs of every prompt grow, the
         collector's deltas as they come; raises the first failure. Leaving early (an error, a
         cancelled client) aborts what still runs."""
@@ -138,7 +167,7 @@ class OpenAIServer:
         async def pump(p: int) -> None:
             tracker = self.metrics.tracker(arrival)
             try:
-                async with aclosing(self.handle.submit_deltas(prep.prompts[p], prep.params)) as deltas:
+                async with aclosing(self.handle.submit_deltas(prompts[p], params)) as deltas:
                     async for delta in deltas:
                         tracker.observe(delta)
                         if any(c.finish_reason == "abort" for c in delta.completions):  # not asked for by this client
@@ -149,7 +178,7 @@ class OpenAIServer:
             else:
                 queue.put_nowait((p, None, None))
 
-        tasks = [asyncio.create_task(pump(p)) for p in range(len(prep.prompts))]
+        tasks = [asyncio.create_task(pump(p)) for p in range(len(prompts))]
         try:
             running = len(tasks)
             while running:
@@ -211,6 +240,22 @@ def build_asgi_app(server: OpenAIServer):
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         return await server.generate(request, "chat")
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        return await server.embeddings(request)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        return tokenize_routes.tokenize(await _read_json(request), server.info)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        return tokenize_routes.detokenize(await _read_json(request), server.info)
+
+    @app.get("/version")
+    async def version():
+        return tokenize_routes.version()
 
     @app.get("/v1/models")
     async def models():

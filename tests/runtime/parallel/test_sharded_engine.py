@@ -119,3 +119,21 @@ def test_sharded_prefill_and_decode_stages_generate_the_unsharded_tokens(tiny_mo
 def test_bad_tensor_parallel_sizes_raise_naming_the_option(options, message, tiny_model_dir):
     with pytest.raises(ValueError, match=message):
         LLM(tiny_model_dir("llama"), dtype="float64", **options)
+
+
+def test_two_shards_give_the_unsharded_prompt_logprobs(tiny_model_dir, ray_session):
+    path = tiny_model_dir("llama")
+    params = SamplingParams(temperature=0, max_tokens=2, prompt_logprobs=2)
+    expected = LLM(path, **OPTIONS).generate(PROMPTS[:3], params, use_tqdm=False)
+    sharded = LLM(path, tensor_parallel_size=2, **OPTIONS)
+    try:
+        got = sharded.generate(PROMPTS[:3], params, use_tqdm=False)
+        for g, e in zip(got, expected):
+            assert g.prompt_logprobs[0] is None and len(g.prompt_logprobs) == len(e.prompt_logprobs)
+            for ge, ee in zip(g.prompt_logprobs[1:], e.prompt_logprobs[1:]):
+                assert ge.keys() == ee.keys()
+                assert all(abs(ge[t].logprob - ee[t].logprob) < 1e-9 and ge[t].rank == ee[t].rank for t in ge)
+        with pytest.raises(ValueError, match="pooling"):
+            sharded.generate(PROMPTS[:1], SamplingParams(max_tokens=1, pooling="last"), use_tqdm=False)
+    finally:
+        sharded.engine.runner.close()

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from tideflow.runtime.edges.rows import decode_logprobs
-from tideflow.outputs import CompletionOutput, RequestOutput, SampleLogprobs
+from tideflow.runtime.edges.rows import decode_logprobs, decode_prompt_logprobs
+from tideflow.outputs import CompletionOutput, PromptLogprobs, RequestOutput, SampleLogprobs
 
 
 class RequestError(ValueError):
@@ -48,11 +48,17 @@ class OutputDelta:
     completions: list[CompletionDelta]  # only the completions that changed
     prompt_token_ids: list[int] | None = None  # sent once, when first known
     metrics: dict[str, float] | None = None  # all of them, whenever one was added or changed
+    prompt_logprobs: PromptLogprobs | None = None  # sent once, when known (only when asked for)
+    embedding: list[float] | None = None  # sent once, when known (only when pooling was asked for)
 
     def apply_to(self, out: RequestOutput) -> None:
         """Grow `out` (the output as of the previous delta) into the output as of this one."""
         if self.prompt_token_ids is not None:
             out.prompt_token_ids = list(self.prompt_token_ids)
+        if self.prompt_logprobs is not None:
+            out.prompt_logprobs = list(self.prompt_logprobs)
+        if self.embedding is not None:
+            out.embedding = list(self.embedding)
         if self.metrics is not None:
             out.metrics.update(self.metrics)
         for d in self.completions:
@@ -84,7 +90,8 @@ def copy_output(out: RequestOutput) -> RequestOutput:
         for c in out.outputs
     ]
     return RequestOutput(out.request_id, out.prompt, list(out.prompt_token_ids), completions, out.finished,
-                         dict(out.metrics))
+                         dict(out.metrics), None if out.prompt_logprobs is None else list(out.prompt_logprobs),
+                         out.embedding)
 
 
 @dataclass(slots=True)
@@ -105,6 +112,8 @@ class _Pending:
     error: str | None = None
     dirty: bool = False  # changed since the last delta was taken
     prompt_sent: bool = False
+    prompt_logprobs_sent: bool = False
+    embedding_sent: bool = False
     metrics_sent: dict[str, float] = field(default_factory=dict)
 
 
@@ -145,6 +154,10 @@ class OutputCollector:
         c = out.outputs[index]
         if not out.prompt_token_ids and cols.has_prompt(i):
             out.prompt_token_ids = cols.prompt(i)
+        if out.prompt_logprobs is None and cols.prompt_logprobs is not None and cols.prompt_logprobs[i].is_valid:
+            out.prompt_logprobs = decode_prompt_logprobs(cols.prompt_logprobs[i].as_py())
+        if out.embedding is None and cols.embedding is not None and cols.embedding[i].is_valid:
+            out.embedding = cols.embedding[i].as_py()
         new = cols.tokens(i)
         c.token_ids.extend(new)
         if new:
@@ -197,6 +210,10 @@ class OutputCollector:
         delta = OutputDelta(request_id, out.finished, [d for c, s in zip(out.outputs, p.sent) if (d := _take(c, s)) is not None])
         if out.prompt_token_ids and not p.prompt_sent:
             delta.prompt_token_ids, p.prompt_sent = out.prompt_token_ids, True
+        if out.prompt_logprobs is not None and not p.prompt_logprobs_sent:
+            delta.prompt_logprobs, p.prompt_logprobs_sent = out.prompt_logprobs, True
+        if out.embedding is not None and not p.embedding_sent:
+            delta.embedding, p.embedding_sent = out.embedding, True
         if out.metrics != p.metrics_sent:
             delta.metrics = p.metrics_sent = dict(out.metrics)
         return delta
@@ -243,6 +260,10 @@ class _Columns:
         self.error = batch.column("error").to_pylist()
         logprobs = batch.column("logprobs")
         self.logprobs = None if logprobs.null_count == len(logprobs) else logprobs
+        prompt_logprobs = batch.column("prompt_logprobs")
+        self.prompt_logprobs = None if prompt_logprobs.null_count == len(prompt_logprobs) else prompt_logprobs
+        embedding = batch.column("embedding")
+        self.embedding = None if embedding.null_count == len(embedding) else embedding
         tokens = batch.column("new_token_ids")
         self._offsets, self._values = tokens.offsets.to_numpy(), tokens.values.to_numpy(zero_copy_only=False)
         self._prompts = batch.column("prompt_token_ids")

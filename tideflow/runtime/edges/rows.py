@@ -11,7 +11,7 @@ from collections.abc import Callable
 import msgpack
 import pyarrow as pa
 
-from tideflow.outputs import Logprob
+from tideflow.outputs import Logprob, PromptLogprobs
 from tideflow.runtime.edges import schemas
 from tideflow.runtime.engine.core.outputs import EngineOutput
 from tideflow.runtime.engine.core.sequence import Sequence
@@ -27,6 +27,19 @@ def decode_logprobs(blob: bytes | None) -> list[dict[int, Logprob]] | None:
     if blob is None:
         return None
     return [{t: Logprob(lp, rank) for t, lp, rank in e} for e in msgpack.unpackb(blob)]
+
+
+def encode_prompt_logprobs(seq: Sequence) -> bytes | None:
+    """The prompt logprobs a sequence carries for its request (its first completion's, once its
+    prompt is computed), or None when the request did not ask for them."""
+    if not seq.wants_prompt_logprobs:
+        return None
+    return encode_logprobs((seq.prompt_logprobs or [None])[1:])  # entry 0 is always None
+
+
+def decode_prompt_logprobs(blob: bytes | None) -> PromptLogprobs | None:
+    entries = decode_logprobs(blob)
+    return None if entries is None else [None, *entries]
 
 
 def to_batch(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
@@ -51,6 +64,7 @@ class TokenStream:
         if n == 0:
             return None
         seqnos, prompts, sampling, cached = [0] * n, [None] * n, [None] * n, [None] * n
+        prompt_logprobs, embeddings = [None] * n, [None] * n
         offsets = out.token_offsets
         for row, key in enumerate(zip(out.request_ids, out.indexes)):
             state = self.sent.get(key)
@@ -61,6 +75,8 @@ class TokenStream:
                 prompts[row] = first.token_ids[: first.num_prompt_tokens]
                 sampling[row] = schemas.params_to_row(first.params)
                 cached[row] = first.num_cached_tokens
+                prompt_logprobs[row] = encode_prompt_logprobs(first)
+                embeddings[row] = first.embedding() if first.wants_pooling else None
             new = offsets[row + 1] - offsets[row]
             if out.finished[row]:
                 self.sent.pop(key, None)
@@ -84,6 +100,8 @@ class TokenStream:
             "prompt_token_ids": pa.array(prompts, pa.list_(pa.int32())),
             "sampling": pa.array(sampling, schemas.SAMPLING),
             "num_cached_tokens": pa.array(cached, pa.int32()),
+            "prompt_logprobs": pa.array(prompt_logprobs, pa.binary()),
+            "embedding": pa.array(embeddings, pa.list_(pa.float64())),
             "error": pa.nulls(n, pa.string()),
         }
         return pa.RecordBatch.from_arrays([columns[f.name] for f in schemas.TOKENS], schema=schemas.TOKENS)
@@ -125,6 +143,8 @@ class TokenStream:
             row["prompt_token_ids"] = first.token_ids[: first.num_prompt_tokens]
             row["sampling"] = schemas.params_to_row(first.params)
             row["num_cached_tokens"] = first.num_cached_tokens
+            row["prompt_logprobs"] = encode_prompt_logprobs(first)
+            row["embedding"] = first.embedding() if first.wants_pooling else None
         if finished:
             self.sent.pop(key, None)
         elif state is None:

@@ -14,6 +14,7 @@ from tideflow.sampling_params import SamplingParams
 SAMPLING = pa.struct(
     [
         ("n", pa.int32()),
+        ("best_of", pa.int32()),  # null -> n
         ("temperature", pa.float64()),
         ("top_p", pa.float64()),
         ("top_k", pa.int32()),
@@ -30,6 +31,11 @@ SAMPLING = pa.struct(
         ("include_stop_str_in_output", pa.bool_()),
         ("logprobs", pa.int32()),  # null -> none
         ("skip_special_tokens", pa.bool_()),
+        ("prompt_logprobs", pa.int32()),  # null -> none
+        ("logit_bias", pa.map_(pa.int32(), pa.float64())),  # null -> none
+        ("allowed_token_ids", pa.list_(pa.int32())),  # null -> any token
+        ("bad_words", pa.list_(pa.string())),
+        ("pooling", pa.string()),  # null -> no embedding
     ]
 )
 
@@ -71,6 +77,8 @@ PREFILLED = pa.schema(
         ("arrival_time", pa.float64()),
         ("first_token_id", pa.int32()),  # sampled by prefill
         ("first_logprobs", pa.binary()),  # msgpack of {token_id: (logprob, rank)}, or null
+        ("prompt_logprobs", pa.binary()),  # the request's prompt logprobs (encode_prompt_logprobs), or null
+        ("embedding", pa.list_(pa.float64())),  # the request's embedding (sampling.pooling), or null
         # the counter-based sampling seed fixed at the first random draw (null: greedy so far);
         # with it, decode draws exactly what prefill's engine would have drawn next
         ("sampling_seed", pa.int64()),
@@ -97,6 +105,8 @@ TOKENS = pa.schema(
         ("prompt_token_ids", pa.list_(pa.int32())),  # only on seq == 0, else null
         ("sampling", SAMPLING),  # only on seq == 0, else null
         ("num_cached_tokens", pa.int32()),  # prefix-cache hit, on seq == 0
+        ("prompt_logprobs", pa.binary()),  # the request's prompt logprobs (encode_prompt_logprobs), on seq == 0 of index 0
+        ("embedding", pa.list_(pa.float64())),  # the request's embedding (sampling.pooling), on seq == 0 of index 0
         ("error", pa.string()),  # the request failed (finish_reason "error"), or null
     ]
 )
@@ -116,6 +126,8 @@ OUTPUTS = pa.schema(
         ("stop_token_id", pa.int32()),
         ("prompt_token_ids", pa.list_(pa.int32())),  # only on seq == 0
         ("error", pa.string()),
+        ("prompt_logprobs", pa.binary()),  # as on TOKENS
+        ("embedding", pa.list_(pa.float64())),  # as on TOKENS
     ]
 )
 
@@ -132,6 +144,7 @@ def schema_name(schema: pa.Schema) -> str:
 def params_to_row(p: SamplingParams) -> dict:
     return {
         "n": p.n,
+        "best_of": p.best_of,
         "temperature": p.temperature,
         "top_p": p.top_p,
         "top_k": p.top_k,
@@ -148,6 +161,11 @@ def params_to_row(p: SamplingParams) -> dict:
         "include_stop_str_in_output": p.include_stop_str_in_output,
         "logprobs": p.logprobs,
         "skip_special_tokens": p.skip_special_tokens,
+        "prompt_logprobs": p.prompt_logprobs,
+        "logit_bias": None if p.logit_bias is None else list(p.logit_bias.items()),
+        "allowed_token_ids": None if p.allowed_token_ids is None else list(p.allowed_token_ids),
+        "bad_words": list(p.bad_words),
+        "pooling": p.pooling,
     }
 
 
@@ -155,4 +173,7 @@ def row_to_params(row: dict) -> SamplingParams:
     row = dict(row)
     row["stop"] = tuple(row["stop"] or ())
     row["stop_token_ids"] = tuple(row["stop_token_ids"] or ())
+    row["bad_words"] = tuple(row.get("bad_words") or ())
+    if row.get("logit_bias") is not None:
+        row["logit_bias"] = dict(row["logit_bias"])  # Arrow maps come back as (key, value) pairs
     return SamplingParams(**row)

@@ -43,6 +43,9 @@ class Detokenizer:
         if seq.read_offset == 0:  # first call: start the window inside the prompt
             seq.read_offset = seq.num_prompt_tokens
             seq.prefix_offset = max(seq.num_prompt_tokens - _PROMPT_CONTEXT, 0)
+            for entry in seq.prompt_logprobs or ():  # complete once the first token is sampled
+                if entry is not None:
+                    self._fill_decoded_tokens(entry)
         if seq.logprobs:
             self._fill_decoded_tokens(seq.logprobs[-1])
 

@@ -18,6 +18,7 @@ from tideflow.models.image_spec import ImagePromptSpec
 from tideflow.runtime.engine.api import ExpertDispatch
 from tideflow.runtime.engine.core.outputs import EngineOutput, EngineStats
 from tideflow.runtime.engine.core.sequence import Request, Sequence, check_prompt_ids
+from tideflow.runtime.engine.logit_constraints import bad_words_token_ids
 from tideflow.runtime.engine.prompt_images import PromptImages
 from tideflow.sampling_params import SamplingParams
 
@@ -150,6 +151,10 @@ class Engine:
     def new_sequence(self, request_id: str, index: int, ids: list[int], params: SamplingParams, arrival_time=0.0) -> Sequence:
         """A sequence for completion `index` of a request, its output limit resolved. Raises
         ValueError when prompt plus max_tokens can never fit the KV pool."""
+        if params.ranks_completions:  # the engine samples completions; choosing the best is its caller's
+            raise ValueError("best_of: an engine runs params.sampled_params(); LLM and the server pick the best")
+        if params.pooling is not None and self.config.parallel.tensor_parallel_size > 1:
+            raise ValueError("pooling: embeddings are not computed with tensor_parallel_size > 1 yet")
         max_tokens = self.max_model_len - len(ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
@@ -162,7 +167,10 @@ class Engine:
                 f"prompt_token_ids: prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) needs {needed} KV "
                 f"blocks, more than the cache holds ({self.num_blocks})"
             )
-        return Sequence(request_id, index, list(ids), len(ids), params, max_tokens, arrival_time=arrival_time)
+        seq = Sequence(request_id, index, list(ids), len(ids), params, max_tokens, arrival_time=arrival_time)
+        if params.bad_words:
+            seq.bad_words_ids = bad_words_token_ids(self.tokenizer, params.bad_words)
+        return seq
 
     def check_request(self, prompt_token_ids, params: SamplingParams, images=None) -> list[int]:
         """Whether a request could ever run here, without queueing it: the prompt's ids as a

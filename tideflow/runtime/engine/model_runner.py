@@ -2,7 +2,8 @@
 
 `execute(batch)` turns a `ScheduledBatch` into model inputs (token ids, per-token positions,
 slot mapping, block tables), runs one forward pass with the `tideflow` attention function,
-computes logits only at the rows that sample, and samples them.
+computes logits only at the rows that sample (and at the prompt rows of requests asking
+prompt logprobs), and samples them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from tideflow.models.packed_decoder import PackedDecoder
 from tideflow.runtime.engine.attention import AttentionMetadata, DecodeGroup, PagedKVCache, PagedPrefill
 from tideflow.runtime.engine.core.scheduled_batch import ScheduledBatch
 from tideflow.runtime.engine.core.block_manager import RELEASED
+from tideflow.runtime.engine.pooling import pool_rows, pooled_parts
+from tideflow.runtime.engine.prompt_logprobs import prompt_entries, prompt_rows
 from tideflow.runtime.engine.sampler import Sampler, SamplerOutput
 
 _EMPTY = SamplerOutput(token_ids=[], logprobs=[])
@@ -38,10 +41,20 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> SamplerOutput:
         if not batch.seqs:
             return _EMPTY
-        logits = self.forward_only(batch)
-        if logits.shape[0] == 0:
+        pooling = pool_rows(batch)
+        if pooling.batch_rows:
+            logits, hidden = self.forward_pooled(batch, pooling.flat)
+        else:
+            logits, hidden = self.forward_only(batch), None
+        if logits.shape[0] == 0 and hidden is None:
             return _EMPTY
-        return self.sampler(logits, batch.sampled_seqs)
+        num_sampled = sum(batch.sample)
+        out = self.sampler(logits[:num_sampled], batch.sampled_seqs) if num_sampled else SamplerOutput([], [])
+        if logits.shape[0] > num_sampled:
+            out.prompt_logprobs = prompt_entries(logits[num_sampled:], prompt_rows(batch), batch, self.sampler.vocab_size)
+        if hidden is not None:
+            out.pooled = pooled_parts(hidden, pooling)
+        return out
 
     def read_kv(self, block_table: list[int], num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """The K and V of a sequence's first `num_tokens` tokens (see `PagedKVCache.read`)."""
@@ -90,14 +103,31 @@ class ModelRunner:
         )
 
     def forward_only(self, batch: ScheduledBatch) -> torch.Tensor:
-        """The logits of the rows that sample, [rows, vocab]: the forward pass without sampling
-        (benchmarks also measure engine overhead against it)."""
+        """The logits of the rows that sample, then of the prompt rows (`prompt_rows`),
+        [rows, vocab]: the forward pass without sampling (benchmarks also measure engine
+        overhead against it)."""
         input_ids, positions, meta, sample_idx = self.prepare(batch)
         images = self.image_rows(batch)
         if self.packed is not None:
             if images is not None:
                 return self.packed(input_ids, positions, meta, sample_idx, images=images)
             return self.packed(input_ids, positions, meta, sample_idx)
+        return self._transformers_forward(input_ids, positions, meta, images, logits_to_keep=sample_idx).logits[0]
+
+    def forward_pooled(self, batch: ScheduledBatch, hidden_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward_only`'s logits and the final hidden states (after the last norm) of the
+        packed rows `hidden_rows`: one forward pass. Unsharded runners only."""
+        input_ids, positions, meta, sample_idx = self.prepare(batch)
+        images = self.image_rows(batch)
+        hidden_idx = torch.tensor(hidden_rows, dtype=torch.int64, device=self.device)
+        if self.packed is not None:
+            return self.packed(input_ids, positions, meta, sample_idx, images=images, hidden_rows=hidden_idx)
+        out = self._transformers_forward(input_ids, positions, meta, images, logits_to_keep=sample_idx,
+                                         output_hidden_states=True)
+        return out.logits[0], out.hidden_states[-1][0][hidden_idx]
+
+    def _transformers_forward(self, input_ids, positions, meta, images, **options):
+        """transformers' forward of the packed batch with the `tideflow` attention function."""
         with torch.inference_mode():
             if images is None:
                 inputs = {"input_ids": input_ids[None]}
@@ -105,10 +135,7 @@ class ModelRunner:
                 embeds = self.model.get_input_embeddings()(input_ids)
                 embeds[images[0]] = images[1].to(embeds.dtype)
                 inputs = {"inputs_embeds": embeds[None]}
-            out = self.model(
-                **inputs, position_ids=positions[None], tideflow_meta=meta, use_cache=False, logits_to_keep=sample_idx,
-            )
-        return out.logits[0]
+            return self.model(**inputs, position_ids=positions[None], tideflow_meta=meta, use_cache=False, **options)
 
     def image_rows(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The step's image tokens: their rows in the packed batch [k] and the image features
@@ -131,7 +158,8 @@ class ModelRunner:
 
     def prepare(self, batch: ScheduledBatch):
         """Packed inputs of one step: input ids [T], positions [T], the attention metadata and
-        the rows to compute logits at; built with array ops per token."""
+        the rows to compute logits at (those that sample, then the prompt rows whose logprobs
+        are asked for); built with array ops per token."""
         bs = self.block_size
         num_new = np.asarray(batch.num_new_tokens, dtype=np.int64)
         computed = np.asarray(batch.num_computed_tokens, dtype=np.int64)
@@ -158,6 +186,10 @@ class ModelRunner:
             paged_prefill=self._paged_prefill(num_new, computed, context, cu, tables),
             fresh_prefills=[(int(cu[i]), int(num_new[i])) for i in np.flatnonzero((num_new > 1) & (computed == 0))],
         )
-        sample_idx = torch.from_numpy(cu[1:][np.asarray(batch.sample, dtype=bool)] - 1).to(dev)
+        sample_idx = cu[1:][np.asarray(batch.sample, dtype=bool)] - 1
+        prompt = prompt_rows(batch).flat
+        if prompt:
+            sample_idx = np.concatenate([sample_idx, np.asarray(prompt, dtype=np.int64)])
+        sample_idx = torch.from_numpy(sample_idx).to(dev)
         input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)
         return input_ids, torch.from_numpy(positions).to(dev), meta, sample_idx

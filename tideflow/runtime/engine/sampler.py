@@ -1,6 +1,6 @@
 """Turns one step's logits into next tokens, batched over the rows.
 
-Order, as in vLLM v1: penalties -> min_tokens suppression -> (logprobs, from the raw logits) ->
+Order, as in vLLM v1: allowed tokens, bad words and logit bias (logit_constraints) -> penalties -> min_tokens suppression -> (logprobs, from the raw logits) ->
 temperature -> top-k -> top-p -> min-p -> sample. Greedy rows take the argmax of the penalised
 logits and are never perturbed. Random rows go through `tideflow.kernels.sampling.sample`, whose
 draws are a pure function of (the row's seed, its counter, its logits): the counter is the
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from tideflow.kernels.sampling import sample, to_int64
 from tideflow.outputs import Logprob
 from tideflow.runtime.engine.core.sequence import Sequence
+from tideflow.runtime.engine.logit_constraints import apply_constraints, constrains
 
 _MASK64 = (1 << 64) - 1
 
@@ -29,6 +30,9 @@ class SamplerOutput:
 
     token_ids: list[int]  # row -> sampled token id
     logprobs: list[dict[int, Logprob] | None]  # row -> {token_id: Logprob} (sampled + top-n); None unless asked
+    # batch row -> the prompt logprob entries its step adds (rows of requests asking prompt_logprobs)
+    prompt_logprobs: dict[int, list[dict[int, Logprob]]] = field(default_factory=dict)
+    pooled: dict[int, tuple[list[float], int]] = field(default_factory=dict)  # batch row -> (hidden sum, rows)
 
 
 class Sampler:
@@ -47,7 +51,7 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """logits: [len(seqs), >= vocab_size], row i is the next-token distribution of seqs[i]."""
         raw = logits[:, : self.vocab_size]
-        random_rows, penalty_rows, min_tokens_rows, logprob_rows = [], [], [], []
+        random_rows, penalty_rows, min_tokens_rows, logprob_rows, constrained_rows = [], [], [], [], []
         for i, seq in enumerate(seqs):
             p = seq.params
             if not p.greedy:
@@ -58,12 +62,19 @@ class Sampler:
                 min_tokens_rows.append(i)
             if p.logprobs is not None:
                 logprob_rows.append(i)
-        if not (random_rows or penalty_rows or min_tokens_rows or logprob_rows):
+            if constrains(p):
+                constrained_rows.append(i)
+        if not (random_rows or penalty_rows or min_tokens_rows or logprob_rows or constrained_rows):
             return SamplerOutput(raw.argmax(dim=-1).tolist(), [None] * len(seqs))
 
         dtype = torch.float64 if raw.dtype == torch.float64 else torch.float32
         dev = raw.device
-        work = raw.to(dtype, copy=bool(penalty_rows or min_tokens_rows))  # never modify the caller's logits
+        work = raw.to(dtype, copy=bool(penalty_rows or min_tokens_rows or constrained_rows))  # never modify the caller's logits
+        if constrained_rows:
+            idx = torch.tensor(constrained_rows, device=dev)
+            rows = work[idx]
+            apply_constraints(rows, [seqs[i] for i in constrained_rows])
+            work[idx] = rows
         if penalty_rows:
             idx = torch.tensor(penalty_rows, device=dev)
             work[idx] = apply_penalties(work[idx], [seqs[i] for i in penalty_rows])
@@ -80,7 +91,7 @@ class Sampler:
         if logprob_rows:
             idx = torch.tensor(logprob_rows, device=dev)
             num_top = [min(seqs[i].params.logprobs, self.vocab_size) for i in logprob_rows]
-            rows = _logprob_dicts(raw[idx].to(dtype), tokens[idx], num_top)
+            rows = logprob_dicts(raw[idx].to(dtype), tokens[idx], num_top)
             for i, d in zip(logprob_rows, rows):
                 logprobs[i] = d
         return SamplerOutput(token_list, logprobs)
@@ -180,7 +191,7 @@ def _token_counts(token_lists: list[list[int]], vocab: int, dtype: torch.dtype, 
     return counts[:, :vocab]
 
 
-def _logprob_dicts(raw: torch.Tensor, tokens: torch.Tensor, num_top: list[int]) -> list[dict[int, Logprob]]:
+def logprob_dicts(raw: torch.Tensor, tokens: torch.Tensor, num_top: list[int]) -> list[dict[int, Logprob]]:
     """raw: [R, V] unprocessed logits, tokens: [R] sampled ids, num_top[r]: top-n asked for by row r."""
     logprobs = raw.log_softmax(dim=-1)
     sampled = logprobs.gather(1, tokens.unsqueeze(1))

@@ -32,6 +32,7 @@ def seq_state(seq: Sequence, kv: tuple[np.ndarray, np.ndarray] | None = None) ->
         "max_tokens": seq.max_tokens,
         "sampling_seed": seq.sampling_seed,
         "logprobs": encode_logprobs(seq.logprobs),
+        "bad_words_ids": [list(ids) for ids in seq.bad_words_ids],
         "cumulative_logprob": seq.cumulative_logprob,
         "num_cached_tokens": seq.num_cached_tokens,
         "finished": seq.finished,
@@ -78,6 +79,7 @@ def seq_from_state(state: dict) -> Sequence:
     seq.cumulative_logprob = state["cumulative_logprob"]
     seq.num_cached_tokens = state["num_cached_tokens"]
     seq.images = _images_from_state(state.get("images"))
+    seq.bad_words_ids = tuple(tuple(ids) for ids in state.get("bad_words_ids") or ())
     if state["finished"]:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason, seq.stop_reason = state["finish_reason"], state["stop_reason"]

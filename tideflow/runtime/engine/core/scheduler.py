@@ -36,6 +36,8 @@ class SampledTokens(Protocol):
 
     token_ids: list[int]
     logprobs: list
+    prompt_logprobs: dict  # batch row -> the prompt logprob entries it added
+    pooled: dict  # batch row -> (sum of its pooled hidden states, how many)
 
 
 class Scheduler:
@@ -112,7 +114,8 @@ class Scheduler:
             if len(self.running) >= self.config.max_num_seqs:
                 break
             seq = self.waiting[0]
-            cached = self.blocks.match_prefix(seq)
+            # a prefix hit computes no rows for the cached tokens, and their prompt logprobs need them
+            cached = [] if seq.wants_prompt_logprobs else self.blocks.match_prefix(seq)
             num_cached = len(cached) * self.blocks.block_size
             num_new = seq.num_tokens - num_cached
             if num_new > budget:
@@ -137,7 +140,17 @@ class Scheduler:
         sampled a token, and the requests that finished."""
         row = 0
         out = EngineOutput(num_scheduled_tokens=batch.num_tokens, num_scheduled_seqs=len(batch))
-        for seq, num_new, sampled in zip(batch.seqs, batch.num_new_tokens, batch.sample):
+        prompt_logprobs = getattr(output, "prompt_logprobs", None) or {}  # stand-in runners return none
+        pooled = getattr(output, "pooled", None) or {}
+        for i, (seq, num_new, sampled) in enumerate(zip(batch.seqs, batch.num_new_tokens, batch.sample)):
+            if i in prompt_logprobs:
+                if seq.prompt_logprobs is None:
+                    seq.prompt_logprobs = [None]
+                seq.prompt_logprobs.extend(prompt_logprobs[i])
+            if i in pooled:
+                part, count = pooled[i]
+                seq.pooled_sum = part if seq.pooled_sum is None else [a + b for a, b in zip(seq.pooled_sum, part)]
+                seq.pooled_count += count
             seq.num_computed_tokens += num_new
             self.blocks.publish_full_blocks(seq)
             self.blocks.release_outside_window(seq)

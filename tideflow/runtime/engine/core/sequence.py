@@ -8,6 +8,7 @@ a private copy of its tokens.
 from __future__ import annotations
 
 import enum
+import math
 import itertools
 from dataclasses import dataclass, field
 
@@ -72,9 +73,15 @@ class Sequence:
     # sampler state
     sampling_seed: int | None = None  # int64 bits of the counter-based sampling seed; fixed at the first random draw
     logprobs: list[dict[int, Logprob]] | None = None
+    # [None, then an entry per prompt token so far] when `wants_prompt_logprobs`
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     cumulative_logprob: float = 0.0
     first_token_time: float | None = None  # wall-clock seconds, set by the scheduler's clock
     finished_time: float | None = None  # wall-clock seconds, set by the scheduler's clock
+    # pooling (params.pooling, first completion): the sum of the pooled hidden states so far, and how many
+    pooled_sum: list[float] | None = None
+    pooled_count: int = 0
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()  # the token sequences of params.bad_words
     images: ImageInputs | None = None  # the prompt's images (multimodal models), shared by a request's sequences
     request: Request | None = field(default=None, repr=False)  # the request it belongs to (None: adopted without one)
 
@@ -97,6 +104,25 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+    @property
+    def wants_pooling(self) -> bool:
+        """Whether this sequence pools its request's embedding (its first completion does)."""
+        return self.params.pooling is not None and self.index == 0
+
+    def embedding(self) -> list[float] | None:
+        """The pooled hidden state (mean of the pooled rows), L2-normalized; None before any was pooled."""
+        if self.pooled_sum is None:
+            return None
+        mean = [x / self.pooled_count for x in self.pooled_sum]
+        norm = math.sqrt(sum(x * x for x in mean)) or 1.0
+        return [x / norm for x in mean]
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Whether this sequence computes its request's prompt logprobs (its first completion
+        does; the prefix cache is skipped for it, as the rows of cached tokens are not computed)."""
+        return self.params.prompt_logprobs is not None and self.index == 0
 
     def completion(self) -> CompletionOutput:
         return CompletionOutput(
@@ -144,4 +170,6 @@ class Request:
             outputs=[s.completion() for s in self.seqs],
             finished=self.finished,
             metrics=metrics,
+            prompt_logprobs=list(self.seqs[0].prompt_logprobs or [None]) if self.params.prompt_logprobs is not None else None,
+            embedding=self.seqs[0].embedding(),
         )

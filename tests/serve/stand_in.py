@@ -1,0 +1,73 @@
+"""A server without Ray: `OpenAIServer` over a stand-in graph handle that runs requests on an
+in-process `LLM`, called through its ASGI app directly (no sockets, no Serve app)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+
+from tideflow import LLM
+from tideflow.runtime.dataflow.collector import CompletionDelta, OutputDelta
+from tideflow.serve.config import ServeConfig
+from tideflow.serve.model_info import ModelInfo
+from tideflow.serve.server import OpenAIServer, build_asgi_app
+
+
+class LLMHandle:
+    """What `OpenAIServer` needs of a `GraphHandle`: `submit_deltas`, answered by an `LLM` in one delta."""
+
+    def __init__(self, llm: LLM):
+        self.llm = llm
+        self.ids = itertools.count()
+
+    async def submit_deltas(self, prompt: dict, params):
+        (out,) = self.llm.generate([prompt], params, use_tqdm=False)
+        completions = [CompletionDelta(c.index, list(c.token_ids), c.text, c.logprobs, c.cumulative_logprob,
+                                       c.finish_reason, c.stop_reason) for c in out.outputs]
+        yield OutputDelta(f"r{next(self.ids)}", True, completions, out.prompt_token_ids, None, out.prompt_logprobs,
+                          out.embedding)
+
+
+def stand_in_app(model_dir: str, **engine_options):
+    """The ASGI app of a server over `model_dir`, its requests run by an in-process LLM."""
+    name = model_dir.rstrip("/").split("/")[-1]
+    info = ModelInfo.load(name, model_dir)
+    server = OpenAIServer(ServeConfig(), LLMHandle(LLM(model_dir, **engine_options)), info)
+    return build_asgi_app(server)
+
+
+def call(app, method: str, path: str, body=None, ctype: str | None = None) -> tuple[int, dict | str]:
+    """One request to an ASGI app: (status, the JSON body, or the text of an SSE stream).
+    `body`: a dict is sent as JSON, str or bytes raw; `ctype` "" sends no content type."""
+    if isinstance(body, dict):
+        data = json.dumps(body).encode()
+    else:
+        data = body.encode() if isinstance(body, str) else body or b""
+    ctype = "application/json" if ctype is None else ctype
+    headers = [(b"content-type", ctype.encode())] if ctype else []
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": headers, "http_version": "1.1", "scheme": "http",
+             "server": ("test", 80), "client": ("test", 1), "root_path": ""}
+    sent = {"status": None, "body": b""}
+    delivered = False
+
+    async def receive():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": data, "more_body": False}
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            sent["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            sent["body"] += message.get("body", b"")
+
+    asyncio.run(app(scope, receive, send))
+    text = sent["body"].decode()
+    try:
+        return sent["status"], json.loads(text)
+    except ValueError:
+        return sent["status"], text
