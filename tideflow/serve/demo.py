@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -82,8 +83,6 @@ def _stream(create, **request) -> Answer:
 def _chats(model: str) -> bool:
     """Whether to chat with `model`: it has a chat template and is not the embedded code model
     (whose tokenizer carries a generic ChatML template, but which only ever read Python)."""
-    import os
-
     from tideflow.demo.default_model import DEFAULT_MODEL_DIR
     from tideflow.models import gguf
     from tideflow.runtime.engine.prompt_processor import PromptProcessor
