@@ -15,7 +15,6 @@ can apply the defaults too.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tideflow.config import GENERATION_CONFIG_MODES, ModelConfig, generation_config_source
+from tideflow.models.json_config import read_json_object
 from tideflow.sampling_params import SamplingParams, generation_config_defaults
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,11 @@ def load_generation_defaults(model: str, generation_config: str = "auto",
     # the eos ids come from the file vLLM reads them from: the model's own unless a directory is named
     path = _model_file(model) if generation_config in GENERATION_CONFIG_MODES else \
         os.path.join(generation_config, FILE_NAME)
-    config = _read(path) if path is not None else {}
+    config = {}
+    if path is not None:
+        config = read_json_object(path, "the generation config")
+        if config is None:
+            raise ValueError(f"{path}: cannot read the generation config: no such file")
     sampling = {}
     if generation_config != "vllm":
         try:
@@ -120,17 +124,6 @@ def _model_file(model: str) -> str | None:
                            _raise_exceptions_for_connection_errors=False)
     except Exception:  # noqa: BLE001  (no hub, no file: the model has no generation config)
         return None
-
-
-def _read(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read the generation config: {exc}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: the generation config must be a JSON object, got {type(config).__name__}")
-    return config
 
 
 def _eos_ids(value, path: str | None) -> tuple[int, ...]:

@@ -58,14 +58,23 @@ class JsonConfig:
         return f"JsonConfig({self._data.get('model_type')!r})"
 
 
+def read_json_object(path: str, what: str = "the file") -> dict | None:
+    """The JSON object in file `path`, or None when there is no such file. ValueError naming
+    the path (and `what` it is) when it cannot be read, is not JSON or holds no object."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and bad UTF-8
+        raise ValueError(f"{path}: cannot read {what}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: {what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
 def read_json_config(model: str) -> JsonConfig | None:
     """The config.json of a local model directory, or None when `model` is no directory
     holding one (a hub id: the caller falls back to transformers)."""
-    path = os.path.join(os.path.expanduser(model), CONFIG_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return JsonConfig(data)
+    data = read_json_object(os.path.join(os.path.expanduser(model), CONFIG_FILE), "the model config")
+    return None if data is None else JsonConfig(data)

@@ -32,13 +32,13 @@ generic class.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from tideflow.models import chat_template as templates
+from tideflow.models.json_config import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class TextTokenizer:
         backend.no_truncation()
         backend.no_padding()
         backend.encode_special_tokens = False
-        config = _read_json(os.path.join(path, TOKENIZER_CONFIG_FILE)) or {}
-        specials = _SpecialTokens.from_config(config, _read_json(os.path.join(path, SPECIAL_TOKENS_MAP_FILE)))
+        config = read_json_object(os.path.join(path, TOKENIZER_CONFIG_FILE)) or {}
+        specials = _SpecialTokens.from_config(config, read_json_object(os.path.join(path, SPECIAL_TOKENS_MAP_FILE)))
         specials.add_missing_to(backend)
         max_len = config.get("model_max_length")
         return cls(
@@ -317,19 +317,6 @@ def _added_token(entry: dict, special: bool | None = None):
     return AddedToken(**fields)
 
 
-def _read_json(path: str) -> dict | None:
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
-
-
 def _chat_templates(path: str, config: dict) -> str | dict[str, str] | None:
     """The directory's chat template(s): the .jinja files when there are any (chat_template.jinja
     is "default", additional_chat_templates/<name>.jinja are named), else the config's entry
@@ -368,12 +355,12 @@ def text_tokenizer_problem(path_or_id: str, trust_remote_code: bool = False) -> 
         return "not a local directory"
     if not os.path.isfile(os.path.join(path, TOKENIZER_FILE)):
         return f"no {TOKENIZER_FILE} (a slow-only tokenizer)"
-    config = _read_json(os.path.join(path, TOKENIZER_CONFIG_FILE)) or {}
+    config = read_json_object(os.path.join(path, TOKENIZER_CONFIG_FILE)) or {}
     auto_map = config.get("auto_map")
     if trust_remote_code and ((isinstance(auto_map, dict) and "AutoTokenizer" in auto_map)
                               or isinstance(auto_map, (list, tuple))):
         return "its tokenizer is remote code (trust_remote_code)"
-    model_config = _read_json(os.path.join(path, "config.json")) or {}
+    model_config = read_json_object(os.path.join(path, "config.json")) or {}
     declared = config.get("tokenizer_class") or model_config.get("tokenizer_class")
     if declared not in GENERIC_TOKENIZER_CLASSES:
         return (f"tokenizer class {declared!r} is not one transformers loads from {TOKENIZER_FILE} as written "
