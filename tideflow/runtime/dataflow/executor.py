@@ -349,9 +349,10 @@ class GraphHandle:
         if self.coordinator is not None:
             ray.get(self.coordinator.close.remote())
         handles = [a for hs in self.actors.values() for a in hs]
-        for a in handles:
-            a.stop.remote()
-        ray.wait([r[0] for r in self._runs.values()], num_returns=len(self._runs), timeout=30)
+        # Wait for the stop calls too, not only the run loops: killing an actor with a stop
+        # call still in flight makes the raylet log it as a failed (retried) task.
+        pending = [a.stop.remote() for a in handles] + [r[0] for r in self._runs.values()]
+        ray.wait(pending, num_returns=len(pending), timeout=30)
         for a in handles:
             ray.kill(a)
         if self._launcher is not None:

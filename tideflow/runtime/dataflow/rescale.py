@@ -98,9 +98,9 @@ def _shrink(handle, stage: str, count: int, launcher, actors, timeout: float) ->
             raise TimeoutError(f"rescaling {stage!r}: replicas {sorted(pending)} did not drain in {timeout}s")
         if pending:
             time.sleep(0.05)
-    for i, a in victims.items():
-        a.stop.remote()
-    ray.wait([handle._runs.pop(f"{handle.graph.name}/{stage}/{i}")[0] for i in victims], num_returns=len(victims), timeout=30)
+    stops = [a.stop.remote() for a in victims.values()]
+    runs = [handle._runs.pop(f"{handle.graph.name}/{stage}/{i}")[0] for i in victims]
+    ray.wait(stops + runs, num_returns=len(stops) + len(runs), timeout=30)  # no call left in flight at the kill
     for i, a in victims.items():
         ray.kill(a)
         launcher.release(stage, i)
