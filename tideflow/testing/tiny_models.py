@@ -210,13 +210,18 @@ def _save_quietly(model: Any, path: pathlib.Path) -> None:
 
 
 def write_tiny_model(
-    kind: str, path: str | pathlib.Path, seed: int = 0, **config_overrides: Any
+    kind: str, path: str | pathlib.Path, seed: int = 0, *, weights_dtype: str = "float32", init_device: str = "cpu",
+    **config_overrides: Any,
 ) -> pathlib.Path:
     """Write a random tiny `kind` checkpoint into `path` (created if needed) and return it.
 
     The directory holds config.json, model.safetensors (float32), generation_config.json and
     the tokenizer files. The same `kind`, `seed` and overrides give byte-identical weights.
     `config_overrides` replace fields of the config (see `tiny_config`).
+    `weights_dtype` and `init_device` are for large random models (the GPU check's 1B Llama):
+    weights drawn on `init_device` ("cuda" draws a billion in well under a second, and its
+    generator gives other weights than the CPU's) and saved as `weights_dtype`; pass a matching
+    `dtype=` override so that config.json says the same.
 
     `kind` may also be one of `MULTIMODAL_KINDS` ("llava": a tiny CLIP vision tower and
     projector in front of the tiny Llama, with its image processor; see
@@ -233,7 +238,8 @@ def write_tiny_model(
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.device(init_device):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, weights_dtype))
     if kind in _RANDOM_NORM_KINDS:
         with torch.no_grad():
             for name, param in model.named_parameters():
