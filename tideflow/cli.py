@@ -75,7 +75,8 @@ def _batch(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     benches = {"offline": "tideflow.bench.offline", "graph": "tideflow.bench.graph", "serve": "tideflow.bench.serve",
-               "kernels": "tideflow.bench.kernels", "batch": "tideflow.bench.batch", "recovery": "tideflow.bench.recovery"}
+               "kernels": "tideflow.bench.kernels", "batch": "tideflow.bench.batch", "recovery": "tideflow.bench.recovery",
+               "gpu-check": "tideflow.bench.gpu_check"}
     if not args.rest or args.rest[0] not in benches:
         print(f"usage: tideflow bench {{{','.join(benches)}}} [options]  (--help after the name for its options)", file=sys.stderr)
         return 2
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or a local instance)")
     batch.set_defaults(func=_batch)
 
-    bench = sub.add_parser("bench", help="benchmarks: `tideflow bench offline|graph|serve|kernels|batch|recovery --help`", add_help=False)
+    bench = sub.add_parser("bench", help="benchmarks: `tideflow bench offline|graph|serve|kernels|batch|recovery|gpu-check --help`", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
 
