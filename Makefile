@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/tideflow bench offline
 
+# On a CUDA machine: its own venv (.venv-gpu, the CUDA torch build), then tests/gpu,
+# `tideflow bench kernels` and the 1B check, each under a timeout (tools/gpu_check.sh);
+# results in gpu-check.json. Without a GPU it says so and exits 0.
+gpu-check:
+	PYTHON=$(PYTHON) bash tools/gpu_check.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-gpu build *.egg-info
