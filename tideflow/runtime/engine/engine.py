@@ -110,6 +110,9 @@ class Engine:
         self.images = PromptImages(self.hf_config, self.model, mc.model, mc.trust_remote_code)
         self.experts: ExpertDispatch | None = None  # set by attach_experts when MoE experts run on expert actors
         torch.manual_seed(mc.seed)
+        from tideflow.runtime.engine.warmup import warm_up
+
+        warm_up(self)  # every kernel compiled (or loaded) now, not in the first request
 
     def _resolve(self, config: EngineConfig) -> EngineConfig:
         sc = config.scheduler
