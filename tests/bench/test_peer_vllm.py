@@ -104,6 +104,14 @@ def test_cli_exits_2_with_the_message_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_serve_compare_vllm_exits_2_before_sending_anything(tmp_path, capsys):
+    from tideflow.bench import serve as bench_serve
+
+    # an unreachable --url would be exit code 1: 2 shows the environment is checked first
+    assert bench_serve.main(["--url", "http://127.0.0.1:1", "--compare-vllm", "--vllm-env", str(tmp_path / "no")]) == 2
+    assert f"vLLM peer environment not found at {tmp_path / 'no'}: run `make bench-peers`" in capsys.readouterr().err
+
+
 def test_vllm_names_both_configurations():
     assert expand_systems(["tideflow", "vllm"]) == ["tideflow", "vllm-default", "vllm-2t"]
     assert expand_systems(["vllm-2t", "vllm"]) == ["vllm-2t", "vllm-default"]

@@ -224,6 +224,14 @@ def _vllm_runs(args: argparse.Namespace, card: dict, trace: list[TraceRequest], 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args, slos = _checked_args(p, argv)
+    if args.compare_vllm is not None:
+        from tideflow.bench.peer_vllm import PeerEnvironmentError, resolve_env
+
+        try:
+            resolve_env(args.vllm_env)  # before anything is sent: the server's run would be wasted
+        except PeerEnvironmentError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     base = normalize_base_url(args.url)
     try:
         card = fetch_model_card(base, args.model, timeout_s=min(args.timeout, 30.0))
@@ -238,13 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     vllm = None
     if args.compare_vllm is not None:
-        from tideflow.bench.peer_vllm import PeerEnvironmentError
-
         try:
             vllm = _vllm_runs(args, card, trace, prompts, slos)
-        except PeerEnvironmentError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
         except (OSError, ValueError, RuntimeError) as exc:  # vllm serve died, timed out or rejected the requests
             print(f"error: vLLM: {exc}", file=sys.stderr)
             return 1
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for rate in args.sweep or [args.rate]:
         runs.append(run_once(args, target, trace, prompts, rate, slos, inprocess))
-        print(format_run(runs[-1]), flush=True)
+        print(("tideflow:\n" if vllm is not None else "") + format_run(runs[-1]), flush=True)
     result = {"benchmark": "serve", "url": base, "model": card["id"], "workload": args.workload, "seed": args.seed,
               "trace": trace_stats(trace), "runs": runs}
     if vllm is not None:
