@@ -125,7 +125,7 @@ def test_runner_serves_a_trace_over_its_own_pipes(tmp_path):
     trace = mixed_trace(3, 0, vocab_size=500, max_prompt=20, min_output=2, max_output=6)
     system = VllmOffline("model-dir", "float32", "2t", env)
     try:
-        assert system.version == "0.0-fake" and system.load_s >= 0
+        assert system.version == "0.0-fake" and system.llm_load_s >= 0
         for _ in range(2):  # the process stays alive across calls
             gen = system.generate(trace)
             assert gen.token_ids == [[(r.prompt_token_ids[-1] + k + 1) % 1000 for k in range(r.max_tokens)]
