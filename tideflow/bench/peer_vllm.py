@@ -67,7 +67,8 @@ def peer_environ(config: str) -> dict[str, str]:
     return env
 
 
-def _log_tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last `lines` lines of a peer's log file, for an error message."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -115,7 +116,7 @@ class VllmOffline:
         if not line:
             code = self.proc.wait(timeout=30)
             raise RuntimeError(f"the vLLM runner exited (code {code}) while {doing}; its log, {self.log_path}, ends:\n"
-                               f"{_log_tail(self.log_path)}")
+                               f"{log_tail(self.log_path)}")
         msg = json.loads(line)
         if "error" in msg:
             raise RuntimeError(f"the vLLM runner failed while {doing} (log: {self.log_path}):\n{msg['error']}")

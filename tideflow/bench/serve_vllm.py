@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tideflow.bench.peer_vllm import CONFIGS, _log_tail, peer_environ, resolve_env
+from tideflow.bench.peer_vllm import CONFIGS, log_tail, peer_environ, resolve_env
 
 MAX_NUM_SEQS = 64  # tideflow serve's default
 STARTUP_TIMEOUT_S = 600.0  # loading, compiling and warming up take minutes on 2 cores
@@ -85,7 +85,7 @@ class VllmServer:
             code = self.proc.poll()
             if code is not None:
                 raise RuntimeError(f"vllm serve exited with code {code} before it was healthy; its log, "
-                                   f"{self.log_path}, ends:\n{_log_tail(self.log_path)}")
+                                   f"{self.log_path}, ends:\n{log_tail(self.log_path)}")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/health", timeout=5) as resp:
                     if resp.status == 200:
