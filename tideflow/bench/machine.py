@@ -23,12 +23,32 @@ def own_cpu_s() -> float:
     return t.user + t.system
 
 
-def other_cpu_frac(busy0: float | None, own0: float, wall: float) -> float | None:
-    """Share of the machine's CPUs that other processes used since (busy0, own0), over `wall` s."""
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used by process `pid` and its descendants, live or reaped
+    (Linux /proc; 0 for a process gone). A benchmark's subprocess, e.g. a peer engine, is its own work, not noise."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+            total += sum(map(int, fields[11:15])) / os.sysconf("SC_CLK_TCK")  # utime, stime, and reaped children's
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children", encoding="ascii") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def other_cpu_frac(busy0: float | None, own0: float, wall: float, own1: float | None = None) -> float | None:
+    """Share of the machine's CPUs that other processes used since (busy0, own0), over `wall` s.
+    `own0`/`own1`: this benchmark's CPU seconds at the start and end (default: `own_cpu_s()`)."""
     busy1 = cpu_busy_s()
     if busy0 is None or busy1 is None or wall <= 0:
         return None
-    return max(0.0, (busy1 - busy0) - (own_cpu_s() - own0)) / (wall * (os.cpu_count() or 1))
+    own1 = own_cpu_s() if own1 is None else own1
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
 
 
 def environment() -> dict:

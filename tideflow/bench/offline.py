@@ -1,8 +1,9 @@
 """Offline throughput: tideflow against Hugging Face on one seeded trace.
 
 Every system runs the same `mixed` trace on the same weights, greedy, and generates exactly
-each request's `max_tokens` (EOS ignored). The systems (`hf-static`, `hf-cb`, `tideflow`)
-are in `tideflow.bench.systems`.
+each request's `max_tokens` (EOS ignored). The systems (`hf-static`, `hf-cb`, `tideflow`, and
+the peer `vllm` = `vllm-default` + `vllm-2t` from `.venv-vllm`, `make bench-peers`) are in
+`tideflow.bench.systems`.
 
 Each system loads its model and warms up on two short requests before the timed run; one
 system runs at a time. Then, at batch 32, the tideflow engine step is compared with the model
@@ -23,7 +24,10 @@ from typing import Any
 
 from tideflow.bench.bench_model import BENCH_MODEL_NAME, bench_model, default_model_dir, model_info
 from tideflow.bench.machine import cpu_busy_s, environment, other_cpu_frac, own_cpu_s
-from tideflow.bench.systems import KV_CACHE_BYTES, MAX_BATCH_TOKENS, MAX_SEQS, SYSTEMS, System
+from tideflow.bench.peer_vllm import PeerEnvironmentError, resolve_env
+from tideflow.bench.systems import (
+    GROUPS, KV_CACHE_BYTES, MAX_BATCH_TOKENS, MAX_SEQS, PEERS, SYSTEMS, System, expand_systems,
+)
 from tideflow.bench.workloads import mixed_trace, trace_stats
 
 DEFAULT_SYSTEMS = ("hf-static", "hf-cb", "tideflow")
@@ -31,17 +35,28 @@ DEFAULT_NUM_REQUESTS = 64  # a full 3-system run takes ~5 minutes on a 2-core CP
 OVERHEAD_BATCH, OVERHEAD_PROMPT_LEN, OVERHEAD_STEPS = 32, 128, 16
 
 
-def _time_system(name: str, model_dir: str, trace, *, dtype: str, batch_size: int, vocab_size: int) -> dict:
-    """Load, warm up, then time one system on the trace; returns its result record."""
-    system: System = SYSTEMS[name](model_dir, dtype, batch_size)
+def _own_cpu_s(system: System) -> float:
+    """CPU seconds of this process plus those of the system's subprocesses (a peer's)."""
+    cpu_s = getattr(system, "cpu_s", None)
+    return own_cpu_s() + (cpu_s() if cpu_s else 0.0)
+
+
+def _time_system(name: str, model_dir: str, trace, *, dtype: str, batch_size: int, vocab_size: int,
+                 vllm_env: str | None = None) -> dict:
+    """Load, warm up, then time one system on the trace; returns its result record. The wall
+    time is the system's own when it reports one (a peer times its `generate` in its process)."""
+    start = time.perf_counter()
+    system: System = SYSTEMS[name](model_dir, dtype, batch_size, vllm_env=vllm_env)
+    load_s = time.perf_counter() - start  # a peer: its process start, imports, load and own warm-up
     try:
         system.generate(mixed_trace(2, 1, vocab_size=vocab_size, max_prompt=32, min_output=4, max_output=4))
-        busy0, own0, start = cpu_busy_s(), own_cpu_s(), time.perf_counter()
+        busy0, own0, start = cpu_busy_s(), _own_cpu_s(system), time.perf_counter()
         gen = system.generate(trace)
-        wall = time.perf_counter() - start
-        other = other_cpu_frac(busy0, own0, wall)
+        outer = time.perf_counter() - start
+        other = other_cpu_frac(busy0, own0, outer, _own_cpu_s(system))
     finally:
         system.close()
+    wall = gen.wall_s if gen.wall_s is not None else outer
     for r, ids in zip(trace, gen.token_ids):
         if len(ids) != r.max_tokens:
             raise RuntimeError(f"{name}: a request asked for {r.max_tokens} tokens and got {len(ids)}")
@@ -49,12 +64,14 @@ def _time_system(name: str, model_dir: str, trace, *, dtype: str, batch_size: in
     prompt = sum(len(r.prompt_token_ids) for r in trace)
     return {
         "wall_s": wall,
+        "load_s": load_s,  # from constructing the system until it is ready, before the warm-up here
         "output_tokens": useful,
         "generated_tokens": gen.generated_tokens,
         "output_tok_s": useful / wall,
         "total_tok_s": (prompt + useful) / wall,
         "requests_s": len(trace) / wall,
-        # CPU used by other processes during the run, as a fraction of the machine (noise indicator)
+        # CPU used by other processes during the run (not the system's own subprocesses), as a
+        # fraction of the machine (noise indicator)
         "other_cpu_frac": other,
         "token_ids": gen.token_ids,
     }
@@ -158,16 +175,20 @@ def run_offline(
     overhead_steps: int = OVERHEAD_STEPS,
     repeats: int = 1,
     return_tokens: bool = False,
+    vllm_env: str | os.PathLike | None = None,
     log=None,
 ) -> dict:
     """Run `systems` on one `mixed` trace and return a JSON-able result (written to `json_path`
     when given). `overhead_steps` > 0 also measures engine overhead at batch 32 (needs
     "tideflow" in `systems`). `repeats` > 1 runs the systems that many times, alternating, and
     reports each one's fastest run (all wall times under `wall_s_runs`). `return_tokens` adds every system's generated ids under
-    `debug.token_ids`. `log` receives progress lines (e.g. `print`)."""
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown or not systems:
-        raise ValueError(f"systems: expected names from {sorted(SYSTEMS)}, got {systems}")
+    `debug.token_ids`. Group names expand (`vllm`: both vLLM configurations); the peers run
+    from `vllm_env` (default `peer_vllm.default_env()`), checked before anything runs
+    (PeerEnvironmentError when missing). Greedy-token agreement is reported against tideflow
+    when it runs, else the first system. `log` receives progress lines (e.g. `print`)."""
+    systems = expand_systems(list(systems))
+    if any(name in PEERS for name in systems):
+        vllm_env = str(resolve_env(vllm_env))
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if repeats < 1:
@@ -194,7 +215,7 @@ def run_offline(
         for name in systems:
             log(f"running {name} on {num_requests} requests" + (f" (round {rep + 1}/{repeats})" if repeats > 1 else ""))
             record = _time_system(name, model_dir, trace, dtype=dtype, batch_size=batch_size,
-                                  vocab_size=info["vocab_size"])
+                                  vocab_size=info["vocab_size"], vllm_env=vllm_env)
             tokens[name] = record.pop("token_ids")
             walls[name].append(record["wall_s"])
             best = result["systems"].get(name)
@@ -209,8 +230,10 @@ def run_offline(
         result["ratios"] = {
             f"tideflow/{name}": ours / rec["output_tok_s"] for name, rec in result["systems"].items() if name != "tideflow"
         }
-    result["agreement"] = {  # greedy ids against the first system's (float32 may flip near-ties late)
-        name: _agreement(tokens[systems[0]], tokens[name]) for name in systems[1:]
+    reference = "tideflow" if "tideflow" in systems else systems[0]
+    result["agreement_reference"] = reference
+    result["agreement"] = {  # greedy ids against the reference's (float32 may flip near-ties late)
+        name: _agreement(tokens[reference], tokens[name]) for name in systems if name != reference
     }
     if overhead_steps > 0 and "tideflow" in systems:
         log(f"measuring engine overhead at batch {OVERHEAD_BATCH} ...")
@@ -253,11 +276,15 @@ def format_table(result: dict) -> str:
     lines.append("(output tok/s counts each request's own max_tokens; 'generated' includes hf-static's padding waste;")
     lines.append(" others' CPU: share of the machine used by other processes while the system ran; above a few %")
     lines.append(" the timings are disturbed)")
-    first = next(iter(result["systems"]), None)
+    reference = result.get("agreement_reference") or next(iter(result["systems"]), None)
     for name, a in result.get("agreement", {}).items():
         where = ", ".join(f"#{r}@{pos}" for r, pos in list(a["first_divergence"].items())[:6])
-        lines.append(f"greedy tokens, {name} vs {first}: {a['identical_requests']}/{a['requests']} requests identical"
-                     + (f" (request#@first differing position: {where})" if where else ""))
+        share = 100 * a["identical_requests"] / a["requests"] if a["requests"] else 100.0
+        lines.append(f"greedy tokens, {name} vs {reference}: {a['identical_requests']}/{a['requests']} requests "
+                     f"identical ({share:.0f}%)" + (f" (request#@first differing position: {where})" if where else ""))
+    loads = ", ".join(f"{name} {r['load_s']:.1f} s" for name, r in result["systems"].items() if r.get("load_s"))
+    if loads:
+        lines.append(f"load times (not in wall s): {loads}")
     o = result.get("overhead")
     if o:
         p = o["parts_ms"]
@@ -281,7 +308,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    "written on first use under the temp directory)")
     p.add_argument("--num-requests", type=int, default=DEFAULT_NUM_REQUESTS)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated, from {sorted(SYSTEMS)}")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                   help=f"comma-separated, from {sorted(SYSTEMS)}; `vllm` means {' and '.join(GROUPS['vllm'])} "
+                        "(vLLM's default CPU configuration and both cores; needs `make bench-peers`)")
+    p.add_argument("--vllm-env", default=None, metavar="PATH",
+                   help="the vLLM peer's virtual environment (default: $TIDEFLOW_VLLM_ENV, else <repo>/.venv-vllm)")
     p.add_argument("--batch-size", type=int, default=8, help="hf-static batch size")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
     p.add_argument("--min-prompt", type=int, default=16)
@@ -298,13 +329,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    try:
+        systems = expand_systems(systems)
+        if any(name in PEERS for name in systems):
+            resolve_env(args.vllm_env)  # before the bench model is written or anything runs
+    except (ValueError, PeerEnvironmentError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     model_dir = args.model or str(bench_model(default_model_dir()))
     result = run_offline(
-        model_dir, num_requests=args.num_requests, seed=args.seed,
-        systems=[s.strip() for s in args.systems.split(",") if s.strip()], batch_size=args.batch_size,
+        model_dir, num_requests=args.num_requests, seed=args.seed, systems=systems, batch_size=args.batch_size,
         dtype=args.dtype, json_path=args.json, min_prompt=args.min_prompt, max_prompt=args.max_prompt,
         min_output=args.min_output, max_output=args.max_output, overhead_steps=args.overhead_steps,
-        repeats=args.repeats,
+        repeats=args.repeats, vllm_env=args.vllm_env,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(format_table(result))

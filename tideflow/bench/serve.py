@@ -8,7 +8,10 @@ as their decoded text to /v1/chat/completions; every request generates exactly i
 output length (`ignore_eos`). One short test request checks the server before the timed run.
 `--sweep` repeats the run per rate (same trace and seed) and plots the result;
 `--compare-inprocess MODEL_DIR` also runs the same requests through the in-process engine
-and reports what serving adds per token (HTTP ITL minus the engine's decode step).
+and reports what serving adds per token (HTTP ITL minus the engine's decode step);
+`--compare-vllm` first runs the same requests and arrivals against a `vllm serve` it starts
+from the peer environment (`make bench-peers`), stops it, then measures the server at --url,
+and reports the two side by side with ratios.
 """
 
 from __future__ import annotations
@@ -155,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the same requests (same arrivals) through the in-process engine on this model "
                         "and report ITL over HTTP minus its mean decode step time")
     p.add_argument("--inprocess-dtype", default="auto", help="dtype of the in-process engine: match the server's")
+    p.add_argument("--compare-vllm", nargs="?", const="", default=None, metavar="MODEL_DIR",
+                   help="first run the same requests against `vllm serve MODEL_DIR` (default: the tokenizer "
+                        "directory, i.e. the server's model directory) started and stopped here, then compare")
+    p.add_argument("--vllm-config", choices=["default", "2t"], default="default",
+                   help="vLLM's CPU threads: its default (one core reserved for its front end) or both cores")
+    p.add_argument("--vllm-dtype", default="float32", choices=["float32", "bfloat16"], help="vllm serve --dtype")
+    p.add_argument("--vllm-env", default=None, metavar="PATH",
+                   help="the vLLM peer's virtual environment (default: $TIDEFLOW_VLLM_ENV, else <repo>/.venv-vllm)")
     p.add_argument("--timeout", type=_positive_float, default=600.0, help="per-request timeout in seconds")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the settings, metrics and per-request detail")
     return p
@@ -178,15 +189,49 @@ def _checked_args(p: argparse.ArgumentParser, argv: list[str] | None) -> tuple[a
 def _load_tokenizer(args: argparse.Namespace, card: dict):
     from tideflow.models import load_tokenizer
 
+    return load_tokenizer(_model_source(args, card))
+
+
+def _model_source(args: argparse.Namespace, card: dict) -> str:
     source = args.tokenizer or card.get("root")
     if not source or not Path(source).exists():
         raise ValueError(f"no tokenizer: the server's model directory {source!r} is not on this machine; pass --tokenizer")
-    return load_tokenizer(source)
+    return source
+
+
+def _vllm_runs(args: argparse.Namespace, card: dict, trace: list[TraceRequest], prompts: list,
+               slos: dict[str, float]) -> dict:
+    """Start `vllm serve`, run every rate against it with the same client, stop it."""
+    from tideflow.bench.serve_vllm import VllmServer
+
+    model_dir = args.compare_vllm or _model_source(args, card)
+    print(f"starting vllm serve {model_dir} ({args.vllm_config} config) ...", file=sys.stderr, flush=True)
+    with VllmServer(model_dir, card["id"], dtype=args.vllm_dtype, config=args.vllm_config,
+                    env_path=args.vllm_env) as server:
+        print(f"vllm serve healthy after {server.startup_s:.1f} s (log: {server.log_path})", file=sys.stderr, flush=True)
+        vcard = fetch_model_card(server.base_url, card["id"], timeout_s=30.0)
+        check_fits(trace, vcard.get("max_model_len"))
+        target = Target(server.base_url, args.endpoint, vcard["id"])
+        _test_request(target, trace, prompts, args.timeout)
+        runs = []
+        for rate in args.sweep or [args.rate]:
+            runs.append(run_once(args, target, trace, prompts, rate, slos))
+            print("vLLM:\n" + format_run(runs[-1]), flush=True)
+    return {"model_dir": str(model_dir), "config": args.vllm_config, "dtype": args.vllm_dtype,
+            "startup_s": server.startup_s, "log": str(server.log_path), "runs": runs}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args, slos = _checked_args(p, argv)
+    if args.compare_vllm is not None:
+        from tideflow.bench.peer_vllm import PeerEnvironmentError, resolve_env
+
+        try:
+            resolve_env(args.vllm_env)  # before anything is sent: the server's run would be wasted
+        except PeerEnvironmentError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     base = normalize_base_url(args.url)
     try:
         card = fetch_model_card(base, args.model, timeout_s=min(args.timeout, 30.0))
@@ -199,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as exc:  # unreachable server, bad lengths, rejected request
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    vllm = None
+    if args.compare_vllm is not None:
+        try:
+            vllm = _vllm_runs(args, card, trace, prompts, slos)
+        except (OSError, ValueError, RuntimeError) as exc:  # vllm serve died, timed out or rejected the requests
+            print(f"error: vLLM: {exc}", file=sys.stderr)
+            return 1
     inprocess = None
     if args.compare_inprocess:
         from tideflow.bench.serve_inprocess import InprocessEngine
@@ -207,9 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for rate in args.sweep or [args.rate]:
         runs.append(run_once(args, target, trace, prompts, rate, slos, inprocess))
-        print(format_run(runs[-1]), flush=True)
+        print(("tideflow:\n" if vllm is not None else "") + format_run(runs[-1]), flush=True)
     result = {"benchmark": "serve", "url": base, "model": card["id"], "workload": args.workload, "seed": args.seed,
               "trace": trace_stats(trace), "runs": runs}
+    if vllm is not None:
+        from tideflow.bench.serve_vllm import compare, format_comparison
+
+        result["vllm"] = vllm
+        result["comparison"] = [compare(ours, theirs) for ours, theirs in zip(runs, vllm["runs"])]
+        for comparison in result["comparison"]:
+            print(format_comparison(comparison, args.vllm_config), flush=True)
     if args.sweep:
         print(format_sweep(runs))
         plot = plot_sweep(runs, args.plot or DEFAULT_PLOT)

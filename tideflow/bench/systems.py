@@ -8,6 +8,8 @@ Each generates exactly each request's `max_tokens`, greedy, EOS ignored:
 - `hf-cb`: transformers' continuous batching manager (what `model.generate_batch` drives),
   with per-request `max_new_tokens` (see `HFContinuous`).
 - `tideflow`: the in-process engine, `LLM.generate`.
+- `vllm-default`, `vllm-2t`: vLLM's CPU build in its own environment, in its default
+  configuration and on both cores (`tideflow.bench.peer_vllm`); `vllm` names both.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ class Generation:
 
     token_ids: list[list[int]]  # request (trace order) -> its max_tokens generated ids
     generated_tokens: int  # every token the system generated, waste included
+    wall_s: float | None = None  # the system's own timing of the trace (a peer in a subprocess), else timed here
 
 
 class System(Protocol):
-    """A loaded system. `generate` runs a whole trace and blocks; `close` frees what it holds."""
+    """A loaded system. `generate` runs a whole trace and blocks; `close` frees what it holds.
+    A system running in subprocesses also has `cpu_s()`: their CPU seconds so far."""
 
     def generate(self, trace: list[TraceRequest]) -> Generation: ...
 
@@ -177,8 +181,36 @@ class Tideflow:
         self.llm = None
 
 
-SYSTEMS = {
-    "hf-static": lambda model_dir, dtype, batch_size: HFStatic(model_dir, dtype, batch_size),
-    "hf-cb": lambda model_dir, dtype, batch_size: HFContinuous(model_dir, dtype),
-    "tideflow": lambda model_dir, dtype, batch_size: Tideflow(model_dir, dtype),
+def _vllm(config: str):
+    def load(model_dir, dtype, batch_size, vllm_env=None):
+        from tideflow.bench.peer_vllm import VllmOffline
+
+        return VllmOffline(model_dir, dtype, config, vllm_env)
+
+    return load
+
+
+SYSTEMS = {  # name -> (model_dir, dtype, batch_size, vllm_env=None) -> System
+    "hf-static": lambda model_dir, dtype, batch_size, vllm_env=None: HFStatic(model_dir, dtype, batch_size),
+    "hf-cb": lambda model_dir, dtype, batch_size, vllm_env=None: HFContinuous(model_dir, dtype),
+    "tideflow": lambda model_dir, dtype, batch_size, vllm_env=None: Tideflow(model_dir, dtype),
+    "vllm-default": _vllm("default"),
+    "vllm-2t": _vllm("2t"),
 }
+GROUPS = {"vllm": ("vllm-default", "vllm-2t")}  # a name that stands for several systems
+PEERS = ("vllm-default", "vllm-2t")  # systems that run in another environment
+
+
+def expand_systems(names: list[str]) -> list[str]:
+    """`names` with each group replaced by its members, duplicates dropped, order kept; raises
+    ValueError on an unknown name."""
+    out: list[str] = []
+    for name in names:
+        for member in GROUPS.get(name, (name,)):
+            if member not in SYSTEMS:
+                raise ValueError(f"systems: expected names from {sorted([*SYSTEMS, *GROUPS])}, got {names}")
+            if member not in out:
+                out.append(member)
+    if not out:
+        raise ValueError(f"systems: expected names from {sorted([*SYSTEMS, *GROUPS])}, got {names}")
+    return out
