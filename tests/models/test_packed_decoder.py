@@ -71,6 +71,31 @@ def test_logits_equal_transformers_forward_on_mixed_steps(tiny_model_dir, kind):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"step {step}")
 
 
+FUSABLE = {"llama", "qwen2", "mistral", "mixtral", "qwen2_moe"}  # Llama norms, full rotary, no q/k norms
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_fused_path_equals_the_op_by_op_path_on_mixed_steps(tiny_model_dir, kind):
+    """float32 on CPU runs the fused kernels (residual add + norm, rotary + cache write) and the
+    oneDNN-prepacked projections where a model allows them; their logits are the op-by-op
+    path's to float32 rounding, on fresh prompts, chunks, prefix hits and decode rows of 1, 2
+    and more rows (the prepacked matmul starts at 3)."""
+    path = tiny_model_dir(kind)
+    prompts = [list(range(5, 75)), list(range(5, 37)) + [9, 8, 7], [11], list(range(20, 57))]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    logits = {}
+    for fused in (True, False):
+        llm = LLM(path, dtype="float32", max_num_batched_tokens=40, block_size=8)
+        decoder = llm.engine.runner.packed
+        assert decoder.fused == (kind in FUSABLE)
+        decoder.fused = decoder.fused and fused
+        for i, p in enumerate(prompts):
+            llm.engine.add_request(str(i), p, params)
+        logits[fused] = _step_logits(llm, 8)
+    for step, (got, want) in enumerate(zip(logits[True], logits[False])):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"step {step}")
+
+
 def test_fused_projections_share_the_model_weights(tiny_model_dir):
     """Fusing q/k/v and gate/up re-points the model's parameters at views of the fused tensors:
     nothing is stored twice, and transformers' forward still computes what it did."""

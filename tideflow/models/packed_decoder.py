@@ -30,10 +30,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from tideflow.kernels.norm_rope import add_rms_norm, rope_and_cache
+from tideflow.models.prepacked_linear import PrepackedLinear, prepacking_available
 from tideflow.models.decoder_layouts import (
     ATTENTIONS,
     MLPS,
@@ -42,6 +45,7 @@ from tideflow.models.decoder_layouts import (
     Norm,
     make_head_norm,
     make_norm,
+    rms_norm,
 )
 
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
@@ -142,6 +146,23 @@ def _layer(index: int, layer) -> _Layer:
     )
 
 
+@dataclass(slots=True)
+class _Linears:
+    """A layer's projections as the fused path calls them: each maps [T, in] to [T, out]."""
+
+    qkv: Callable
+    o: Callable
+    gate_up: Callable | None  # None: `mlp` is called as it is (MoE blocks)
+    down: Callable | None
+
+    @classmethod
+    def plain(cls, layer: _Layer) -> "_Linears":
+        """The layer's own weights through `F.linear` (no oneDNN in this torch)."""
+        gate_up = None if layer.gate_up_weight is None else partial(F.linear, weight=layer.gate_up_weight, bias=layer.gate_up_bias)
+        return cls(partial(F.linear, weight=layer.qkv_weight, bias=layer.qkv_bias), layer.o_proj, gate_up,
+                   None if gate_up is None else layer.mlp.down_proj)
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of x [T, heads, D] with cos/sin [T, 1, D] (transformers' formula)."""
     half = x.shape[-1] // 2
@@ -159,9 +180,15 @@ class PackedDecoder:
 
     `decoder(input_ids [T], positions [T], meta, logits_rows [n]) -> logits [n, vocab]`,
     where `meta` is the step's `AttentionMetadata` and `attend` the paged attention function
-    (`tideflow.runtime.engine.attention.make_attend`)."""
+    (`tideflow.runtime.engine.attention.make_attend`).
 
-    def __init__(self, model, attend: Callable):
+    `fused=True` (float32 on CPU with tideflow's kernels) runs the work between the matmuls as
+    fused kernels (`tideflow.kernels.norm_rope`): each residual add with the norm after it,
+    and the rotary embedding with the cache write, where the model's layers allow it (Llama
+    norms, rotary over the whole head, no per-head q/k norms); other models keep the op-by-op
+    path, which is also the float64 path (transformers' exact rounding)."""
+
+    def __init__(self, model, attend: Callable, fused: bool = False):
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"PackedDecoder cannot run this model: {reason}")
@@ -175,6 +202,34 @@ class PackedDecoder:
             self.layers = [_layer(i, layer) for i, layer in enumerate(base.layers)]
         rotary_dims = 2 * base.rotary_emb.inv_freq.shape[-1]
         self.rotate = _rotate if rotary_dims == self.layers[0].head_dim else _rotate_part
+        self.fused = fused and self._fusable()
+        self.lm_head_packed = None
+        self.linears = self._prepack() if self.fused else None
+
+    def _prepack(self) -> list[_Linears] | None:
+        """Each layer's projections with oneDNN-prepacked weights (`PrepackedLinear`), and the
+        LM head's; None when this torch has no oneDNN."""
+        if not prepacking_available():
+            return None
+        with torch.no_grad():
+            self.lm_head_packed = PrepackedLinear.of(self.lm_head)
+            return [
+                _Linears(
+                    qkv=PrepackedLinear(layer.qkv_weight, layer.qkv_bias),
+                    o=PrepackedLinear.of(layer.o_proj) or layer.o_proj,
+                    gate_up=None if layer.gate_up_weight is None else PrepackedLinear(layer.gate_up_weight, layer.gate_up_bias),
+                    down=None if layer.gate_up_weight is None else PrepackedLinear.of(layer.mlp.down_proj) or layer.mlp.down_proj,
+                )
+                for layer in self.layers
+            ]
+
+    def _fusable(self) -> bool:
+        norms = [self.norm] + [n for layer in self.layers for n in (layer.norm1, layer.norm2)]
+        return (
+            self.rotate is _rotate
+            and all(getattr(n, "func", None) is rms_norm for n in norms)
+            and all(layer.head_norm is None for layer in self.layers)
+        )
 
     @torch.inference_mode()
     def __call__(
@@ -188,12 +243,46 @@ class PackedDecoder:
         if images is not None:
             h[images[0]] = images[1].to(h.dtype)
         cos, sin = self.rotary(h, positions[None])
-        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [T, 1, D]
-        for layer in self.layers:
-            h = h + self._attention(layer, layer.norm1(h), cos, sin, meta)
-            h = h + self._mlp(layer, layer.norm2(h))
-        logits = self.lm_head(self.norm(h[logits_rows]))
+        if self.fused:
+            h = self._layers_fused(h, cos[0], sin[0], meta)
+        else:
+            cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [T, 1, D]
+            for layer in self.layers:
+                h = h + self._attention(layer, layer.norm1(h), cos, sin, meta)
+                h = h + self._mlp(layer, layer.norm2(h))
+        head = self.lm_head_packed if self.fused and self.lm_head_packed is not None else self.lm_head
+        logits = head(self.norm(h[logits_rows]))
         return logits if hidden_rows is None else (logits, self.norm(h[hidden_rows]))
+
+    def _layers_fused(self, h, cos, sin, meta) -> torch.Tensor:
+        """Every layer, residual adds fused with the norm that follows them (`h` is updated in
+        place: the embedding output is this call's own tensor)."""
+        x = self.layers[0].norm1(h)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            linears = self.linears[i] if self.linears is not None else _Linears.plain(layer)
+            x = _add_norm(h, self._attention_fused(layer, linears, x, cos, sin, meta), layer.norm2)
+            if linears.gate_up is None:
+                out = self._mlp(layer, x)
+            else:
+                gate, up = linears.gate_up(x).chunk(2, dim=-1)
+                out = linears.down(layer.act(gate) * up)
+            if i < last:
+                x = _add_norm(h, out, self.layers[i + 1].norm1)
+            else:
+                h += out
+        return h
+
+    def _attention_fused(self, layer: _Layer, linears: _Linears, x, cos, sin, meta) -> torch.Tensor:
+        tokens, d, heads, kv_heads = x.shape[0], layer.head_dim, layer.heads, layer.kv_heads
+        qkv = linears.qkv(x)
+        cache = meta.kv_cache
+        rope_and_cache(qkv, cos, sin, heads, kv_heads, cache.k[layer.index], cache.v[layer.index], meta.slot_mapping)
+        q = qkv[:, : heads * d].view(tokens, heads, d)
+        k = qkv[:, heads * d : (heads + kv_heads) * d].view(tokens, kv_heads, d)
+        v = qkv[:, (heads + kv_heads) * d :].view(tokens, kv_heads, d)
+        out = self.attend(q, k, v, layer.index, meta, layer.scaling, layer.window, cached=True)
+        return linears.o(out.view(tokens, heads * d))
 
     def _attention(self, layer: _Layer, x, cos, sin, meta) -> torch.Tensor:
         tokens, d = x.shape[0], layer.head_dim
@@ -214,3 +303,8 @@ class PackedDecoder:
             return (out[0] if isinstance(out, tuple) else out)[0]
         gate, up = F.linear(x, layer.gate_up_weight, layer.gate_up_bias).chunk(2, dim=-1)
         return layer.mlp.down_proj(layer.act(gate) * up)
+
+
+def _add_norm(h: torch.Tensor, delta: torch.Tensor, norm) -> torch.Tensor:
+    """`h += delta`, then the Llama RMSNorm `norm` (a `make_norm` partial) of the sum."""
+    return add_rms_norm(h, delta, norm.keywords["weight"], norm.keywords["eps"])

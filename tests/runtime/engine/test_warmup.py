@@ -26,13 +26,13 @@ _FIRST_REQUEST = textwrap.dedent(
         import tideflow.runtime.engine.warmup as warmup
         warmup.warm_up = lambda engine: 0.0
     import tideflow.kernels.cache_write, tideflow.kernels.paged_decode, tideflow.kernels.paged_prefill
-    import tideflow.kernels.sampling
+    import tideflow.kernels.norm_rope, tideflow.kernels.sampling
     from tideflow import LLM, SamplingParams
 
     def kernels():
         found = {}
         for module in (tideflow.kernels.cache_write, tideflow.kernels.paged_decode,
-                       tideflow.kernels.paged_prefill, tideflow.kernels.sampling):
+                       tideflow.kernels.paged_prefill, tideflow.kernels.sampling, tideflow.kernels.norm_rope):
             for name, obj in vars(module).items():
                 if isinstance(obj, CPUDispatcher):
                     found[f"{module.__name__}.{name}"] = len(obj.signatures)
@@ -82,9 +82,10 @@ def test_the_first_request_compiles_no_kernel(tiny_model_dir, tmp_path):
 
 def test_without_warm_up_the_first_request_would_compile(tiny_model_dir, tmp_path):
     """The control: the check above can fail. With warm-up switched off, the same first batch
-    specialises the attention, cache-write and sampling kernels itself."""
+    specialises the attention, norm, rotary and sampling kernels itself."""
     result = _first_request(tiny_model_dir("llama"), "off", tmp_path / "numba")
-    assert {"_reshape_and_cache_cpu", "_paged_decode_cpu", "_paged_prefill_cpu", "_sample_cpu"} <= set(result["compiled"])
+    assert {"_rope_and_cache_cpu", "_add_rms_norm_cpu", "_paged_decode_cpu", "_paged_prefill_cpu",
+            "_sample_cpu"} <= set(result["compiled"])
     assert result["new"]
 
 

@@ -135,10 +135,11 @@ def make_attend(kernels: AttentionKernels, fallback: AttentionKernels):
     packed batch. Runs `kernels`, or `fallback` for half types on CPU, where the numba kernels
     cannot compute (numba has no half types)."""
 
-    def attend(q, k, v, layer: int, meta: AttentionMetadata, scaling: float, window: int) -> torch.Tensor:
+    def attend(q, k, v, layer: int, meta: AttentionMetadata, scaling: float, window: int, cached: bool = False):
         ops = fallback if q.device.type == "cpu" and q.dtype not in _CPU_DTYPES else kernels
         cache = meta.kv_cache
-        ops.write(k, v, cache.k[layer], cache.v[layer], meta.slot_mapping)
+        if not cached:  # `cached`: the caller wrote k and v into the cache already
+            ops.write(k, v, cache.k[layer], cache.v[layer], meta.slot_mapping)
         k_blocks, v_blocks = cache.blocks(layer)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         for group in meta.decode_groups:

@@ -104,7 +104,9 @@ class Engine:
         else:
             self.runner = ModelRunner(
                 self.model, kv_cache, sampler, device=config.parallel.device, decode_group_rows=decode_group_rows,
-                packed=_packed_decoder(self.model, mc.model_impl, attend_function(config.kernel_backend)),
+                packed=_packed_decoder(self.model, mc.model_impl, attend_function(config.kernel_backend),
+                                       fused=config.kernel_backend == "auto" and dtype == torch.float32
+                                       and torch.device(config.parallel.device).type == "cpu"),
             )
         self.requests: dict[str, Request] = {}
         self.images = PromptImages(self.hf_config, self.model, mc.model, mc.trust_remote_code)
@@ -308,9 +310,10 @@ class Engine:
         return {**self.experts.stats(), "expert_actor_stats": self.experts.actor_stats()}
 
 
-def _packed_decoder(model, model_impl: str, attend):
+def _packed_decoder(model, model_impl: str, attend, fused: bool = False):
     """tideflow's own forward of `model` as `model_impl` asks (None: transformers' forward).
-    Logs which of the two the model takes, and why when it is transformers'."""
+    Logs which of the two the model takes, and why when it is transformers'. `fused`: float32
+    on CPU with tideflow's kernels (see `PackedDecoder`)."""
     from tideflow.models.packed_decoder import PackedDecoder, unsupported_reason
 
     name = type(model).__name__
@@ -319,8 +322,9 @@ def _packed_decoder(model, model_impl: str, attend):
         return None
     reason = unsupported_reason(model)
     if reason is None:
-        logger.info("%s: packed decoder", name)
-        return PackedDecoder(model, attend)
+        decoder = PackedDecoder(model, attend, fused=fused)
+        logger.info("%s: packed decoder%s", name, ", fused norms and rotary" if decoder.fused else "")
+        return decoder
     if model_impl == "tideflow":
         raise ValueError(f"model_impl='tideflow' cannot run this model: {reason}")
     logger.info("%s: transformers forward (%s)", name, reason)
