@@ -17,6 +17,7 @@ from contextlib import aclosing
 from tideflow.runtime.dataflow.role import role_target
 from tideflow.runtime.dataflow.router import Router
 from tideflow.outputs import RequestOutput
+from tideflow.runtime.dataflow.delta_streams import DeltaStreams
 from tideflow.runtime.dataflow.collector import OutputDelta, RequestError, copy_output, empty_output
 from tideflow.runtime.dataflow.ingress import normalize, request_batch, request_row
 from tideflow.runtime.dataflow.wiring import Wiring
@@ -204,6 +205,10 @@ class GraphHandle:
     def _new_id_prefix(self) -> None:
         self._id_prefix = f"{self.graph.name}-{uuid.uuid4().hex[:8]}"
         self._ids = itertools.count()
+        self._streams: DeltaStreams | None = None  # this copy's streams, one collector call for all
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_streams": None}  # its queues and pump belong to this process
 
     def __setstate__(self, state: dict) -> None:
         """A copy sent to another process (a batch actor, a Serve replica) draws request ids
@@ -258,13 +263,16 @@ class GraphHandle:
         (prompt,), (params,) = normalize(prompt, sampling_params)
         (rid,) = self._new_ids(1)
         row = request_row(rid, prompt, params)
-        await self.collector.register.remote([(rid, row.get("prompt"), params.n)])
-        await asyncio.gather(*self._ingest_refs([row]))
+        if self._streams is None:
+            self._streams = DeltaStreams(self.collector, self._id_prefix)
+        queue = self._streams.open(rid)  # before registering: no delta can arrive unseen
         log = None if self._request_log is None else empty_output(rid, row.get("prompt"), params.n)
         finished = False
         try:
+            await self.collector.register.remote([(rid, row.get("prompt"), params.n)], self._id_prefix)
+            await asyncio.gather(*self._ingest_refs([row]))
             while not finished:
-                delta = await self.collector.next.remote(rid)
+                delta = await queue.get()
                 if delta is None:  # cancelled meanwhile (abort from elsewhere)
                     return
                 if isinstance(delta, str):
@@ -276,6 +284,7 @@ class GraphHandle:
                         self._request_log.append([row], [log])
                 yield delta
         finally:
+            self._streams.close(rid)
             if not finished:
                 self.abort(rid)
 
