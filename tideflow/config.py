@@ -114,10 +114,16 @@ class ParallelConfig:
     # ranks that each hold 1/k of the model (attention heads, MLP and expert columns); k > 1
     # starts k - 1 Ray actors beside the engine's own process (tideflow.runtime.parallel.sharded_runner)
     tensor_parallel_size: int = 1
+    # cores the engine's compute threads run on: None (no binding), "auto" (the idle ones when
+    # it starts) or a list like "0-1" (tideflow.runtime.engine.cpu_binding)
+    cpu_bind: str | None = None
 
     def __post_init__(self):
         if not self.device:
             raise ValueError("device must be set")
+        from tideflow.runtime.engine.cpu_binding import check_cpu_bind
+
+        check_cpu_bind(self.cpu_bind)
         tp = self.tensor_parallel_size
         if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
             raise ValueError(f"tensor_parallel_size must be a positive integer, got {tp!r}")
@@ -173,6 +179,7 @@ def engine_config(
     chat_template: str | None = None,
     generation_config: str = "auto",
     override_generation_config: dict | str | None = None,
+    cpu_bind: str | None = None,
 ) -> EngineConfig:
     """The root config from the flat keyword options users pass to `LLM(...)` and to graphs.
     Unknown options raise TypeError naming them. `chat_template` is a template's text or a
@@ -189,7 +196,7 @@ def engine_config(
                           override_generation_config_pairs(override_generation_config)),
         cache=CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, enable_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill),
-        parallel=ParallelConfig(device, tensor_parallel_size),
+        parallel=ParallelConfig(device, tensor_parallel_size, cpu_bind),
         kernel_backend=kernel_backend,
     )
 

@@ -59,6 +59,15 @@ def _override_generation_config(text: str) -> dict:
     return value
 
 
+def _cpu_bind(value: str) -> str:
+    from tideflow.runtime.engine.cpu_binding import check_cpu_bind
+
+    try:
+        return check_cpu_bind(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_engine_args(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
     """Add the engine flags to `parser` (`seed=False` where the subcommand's `--seed` already
     means the sampling seed, as in `tideflow batch`). Each flag stores under its engine option's
@@ -82,6 +91,9 @@ def add_engine_args(parser: argparse.ArgumentParser, *, seed: bool = True) -> No
     group.add_argument("--kernel-backend", default=None, choices=KERNEL_BACKENDS,
                        help="tideflow's kernels (auto) or their torch references (torch)")
     group.add_argument("--model-impl", default=None, choices=MODEL_IMPLS, help="whose forward runs the model")
+    group.add_argument("--cpu-bind", default=None, type=_cpu_bind,
+                       help="cores the engine computes on: 'auto' (those idle when it starts) or a list like '0-1' "
+                            "(default: no binding)")
     group.add_argument("--chat-template", default=None,
                        help="a Jinja chat template, or a file holding one, in place of the tokenizer's")
     group.add_argument("--generation-config", default=None, type=_generation_config,
@@ -99,7 +111,7 @@ ENGINE_ARG_NAMES = (
     "tokenizer", "dtype", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size",
     "kv_cache_memory_bytes", "num_kv_blocks", "enable_prefix_caching", "enable_chunked_prefill",
     "tensor_parallel_size", "kernel_backend", "model_impl", "trust_remote_code", "chat_template",
-    "generation_config", "override_generation_config",
+    "generation_config", "override_generation_config", "cpu_bind",
 )
 
 

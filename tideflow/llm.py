@@ -25,7 +25,7 @@ class LLM:
         max_model_len, block_size, num_kv_blocks, kv_cache_memory_bytes,
         enable_prefix_caching, enable_chunked_prefill, max_num_seqs, max_num_batched_tokens,
         kernel_backend, model_impl, device, trust_remote_code, chat_template, generation_config,
-        override_generation_config (see `tideflow.config.engine_config`). A GGUF checkpoint:
+        override_generation_config, cpu_bind (see `tideflow.config.engine_config`). A GGUF checkpoint:
         `model` names the .gguf file, or a directory holding `gguf_file` (converted once into a
         cached directory, tideflow.models.gguf)."""
         from tideflow.models.generation_defaults import generation_defaults

@@ -48,6 +48,10 @@ class Engine:
         from tideflow.runtime.engine.core.scheduler import Scheduler
 
         mc = config.model
+        if torch.device(config.parallel.device).type == "cpu":
+            from tideflow.runtime.engine.cpu_binding import bind_compute_threads
+
+            bind_compute_threads(config.parallel.cpu_bind)
         attn = register_attention(config.kernel_backend)
         self.model, self.hf_config = load_model(
             mc.model, dtype=mc.dtype, device=config.parallel.device, attn_implementation=attn,
