@@ -14,6 +14,7 @@ shared machine are noisy: read the ratios (docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tideflow.bench.contention import busy_core
 from tideflow.bench.bench_model import BENCH_MODEL_NAME, bench_model, default_model_dir, model_info
 from tideflow.bench.machine import cpu_busy_s, environment, other_cpu_frac, own_cpu_s
 from tideflow.bench.peer_vllm import PeerEnvironmentError, resolve_env
@@ -159,6 +161,22 @@ def _agreement(ref: list[list[int]], other: list[list[int]]) -> dict:
     }
 
 
+def _run_rounds(result: dict, systems, trace, model_dir, tokens: dict, walls: dict, *, repeats: int, dtype: str,
+                batch_size: int, vocab_size: int, vllm_env, log) -> None:
+    """Run the systems `repeats` times, alternating; keep each one's fastest run in `result`."""
+    for rep in range(repeats):
+        for name in systems:
+            log(f"running {name} on {len(trace)} requests" + (f" (round {rep + 1}/{repeats})" if repeats > 1 else ""))
+            record = _time_system(name, model_dir, trace, dtype=dtype, batch_size=batch_size,
+                                  vocab_size=vocab_size, vllm_env=vllm_env)
+            tokens[name] = record.pop("token_ids")
+            walls[name].append(record["wall_s"])
+            best = result["systems"].get(name)
+            if best is None or record["wall_s"] < best["wall_s"]:
+                result["systems"][name] = record
+            log(f"  {name}: {record['wall_s']:.1f} s, {record['output_tok_s']:.1f} output tok/s")
+
+
 def run_offline(
     model_dir: str,
     *,
@@ -176,6 +194,7 @@ def run_offline(
     repeats: int = 1,
     return_tokens: bool = False,
     vllm_env: str | os.PathLike | None = None,
+    contention: bool = False,
     log=None,
 ) -> dict:
     """Run `systems` on one `mixed` trace and return a JSON-able result (written to `json_path`
@@ -185,7 +204,9 @@ def run_offline(
     `debug.token_ids`. Group names expand (`vllm`: both vLLM configurations); the peers run
     from `vllm_env` (default `peer_vllm.default_env()`), checked before anything runs
     (PeerEnvironmentError when missing). Greedy-token agreement is reported against tideflow
-    when it runs, else the first system. `log` receives progress lines (e.g. `print`)."""
+    when it runs, else the first system. `contention`: every system loads and runs beside a
+    process that keeps one core busy (`tideflow.bench.contention`). `log` receives progress
+    lines (e.g. `print`)."""
     systems = expand_systems(list(systems))
     if any(name in PEERS for name in systems):
         vllm_env = str(resolve_env(vllm_env))
@@ -211,17 +232,11 @@ def run_offline(
         "systems": {},
     }
     tokens, walls = {}, {name: [] for name in systems}
-    for rep in range(repeats):  # alternate the systems; keep each one's fastest run
-        for name in systems:
-            log(f"running {name} on {num_requests} requests" + (f" (round {rep + 1}/{repeats})" if repeats > 1 else ""))
-            record = _time_system(name, model_dir, trace, dtype=dtype, batch_size=batch_size,
-                                  vocab_size=info["vocab_size"], vllm_env=vllm_env)
-            tokens[name] = record.pop("token_ids")
-            walls[name].append(record["wall_s"])
-            best = result["systems"].get(name)
-            if best is None or record["wall_s"] < best["wall_s"]:
-                result["systems"][name] = record
-            log(f"  {name}: {record['wall_s']:.1f} s, {record['output_tok_s']:.1f} output tok/s")
+    with contextlib.ExitStack() as stack:
+        if contention:
+            result["settings"]["busy_core"] = stack.enter_context(busy_core()).core
+        _run_rounds(result, systems, trace, model_dir, tokens, walls, repeats=repeats, dtype=dtype,
+                    batch_size=batch_size, vocab_size=info["vocab_size"], vllm_env=vllm_env, log=log)
     if repeats > 1:
         for name in systems:
             result["systems"][name]["wall_s_runs"] = walls[name]
@@ -323,6 +338,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="decode steps timed for the batch-32 overhead measurement (0: skip)")
     p.add_argument("--repeats", type=int, default=1,
                    help="run the systems this many times, alternating, and keep each one's fastest run")
+    p.add_argument("--contention", action="store_true",
+                   help="run every system beside a process that keeps one core busy (a shared machine)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     return p
 
@@ -342,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir, num_requests=args.num_requests, seed=args.seed, systems=systems, batch_size=args.batch_size,
         dtype=args.dtype, json_path=args.json, min_prompt=args.min_prompt, max_prompt=args.max_prompt,
         min_output=args.min_output, max_output=args.max_output, overhead_steps=args.overhead_steps,
-        repeats=args.repeats, vllm_env=args.vllm_env,
+        repeats=args.repeats, vllm_env=args.vllm_env, contention=args.contention,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(format_table(result))

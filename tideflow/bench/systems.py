@@ -7,7 +7,8 @@ Each generates exactly each request's `max_tokens`, greedy, EOS ignored:
   `max_tokens` are waste: throughput counts only the useful ones.
 - `hf-cb`: transformers' continuous batching manager (what `model.generate_batch` drives),
   with per-request `max_new_tokens` (see `HFContinuous`).
-- `tideflow`: the in-process engine, `LLM.generate`.
+- `tideflow`: the in-process engine, `LLM.generate`; `tideflow-auto` the same with
+  `cpu_bind="auto"` (computes on the cores idle when it loads: the contention benchmark).
 - `vllm-default`, `vllm-2t`: vLLM's CPU build in its own environment, in its default
   configuration and on both cores (`tideflow.bench.peer_vllm`); `vllm` names both.
 """
@@ -158,14 +159,17 @@ class HFContinuous:
 
 
 class Tideflow:
-    """The in-process engine, with its defaults (64 sequences, 2048 tokens a step, 1 GiB KV)."""
+    """The in-process engine, with its defaults (64 sequences, 2048 tokens a step, 1 GiB KV);
+    `cpu_bind` as the engine option (`tideflow-auto`: "auto", the cores idle at load)."""
 
-    def __init__(self, model_dir: str, dtype: str):
+    def __init__(self, model_dir: str, dtype: str, cpu_bind: str | None = None):
         from tideflow import LLM
+        from tideflow.runtime.engine.cpu_binding import binding_state
 
+        self.binding = binding_state() if cpu_bind is not None else None  # the bench process goes on after
         self.llm = LLM(
             model_dir, dtype=dtype, kv_cache_memory_bytes=KV_CACHE_BYTES, max_num_seqs=MAX_SEQS,
-            max_num_batched_tokens=MAX_BATCH_TOKENS,
+            max_num_batched_tokens=MAX_BATCH_TOKENS, cpu_bind=cpu_bind,
         )
 
     def generate(self, trace: list[TraceRequest]) -> Generation:
@@ -179,6 +183,10 @@ class Tideflow:
 
     def close(self) -> None:
         self.llm = None
+        if self.binding is not None:
+            from tideflow.runtime.engine.cpu_binding import restore_binding
+
+            restore_binding(self.binding)
 
 
 def _vllm(config: str):
@@ -194,6 +202,7 @@ SYSTEMS = {  # name -> (model_dir, dtype, batch_size, vllm_env=None) -> System
     "hf-static": lambda model_dir, dtype, batch_size, vllm_env=None: HFStatic(model_dir, dtype, batch_size),
     "hf-cb": lambda model_dir, dtype, batch_size, vllm_env=None: HFContinuous(model_dir, dtype),
     "tideflow": lambda model_dir, dtype, batch_size, vllm_env=None: Tideflow(model_dir, dtype),
+    "tideflow-auto": lambda model_dir, dtype, batch_size, vllm_env=None: Tideflow(model_dir, dtype, cpu_bind="auto"),
     "vllm-default": _vllm("default"),
     "vllm-2t": _vllm("2t"),
 }
