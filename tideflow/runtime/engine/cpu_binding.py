@@ -99,14 +99,11 @@ def bind_compute_threads(spec: str | None) -> list[int] | None:
             os.sched_setaffinity(tid, cores)
         except OSError:  # a thread that ended meanwhile
             pass
-    import numba
     import torch
-    from numba.np.ufunc.parallel import _launch_threads
 
-    # numba's pool first: starting it sets OpenMP's thread count again, torch's included
-    # (both libgomp copies answer the same omp_set_num_threads symbol)
-    _launch_threads()
-    numba.set_num_threads(min(len(cores), numba.config.NUMBA_NUM_THREADS))
+    from tideflow.kernels.threads import set_kernel_threads
+
+    set_kernel_threads(len(cores))  # first: starting numba's pool resets torch's thread count too
     torch.set_num_threads(len(cores))
     logger.info("engine threads bound to cores %s (cpu_bind=%r)", cores, spec)
     return cores
@@ -114,17 +111,19 @@ def bind_compute_threads(spec: str | None) -> list[int] | None:
 
 def binding_state() -> tuple[list[int], int, int]:
     """This process's cores and torch's and numba's thread counts, for `restore_binding`."""
-    import numba
     import torch
 
-    return sorted(os.sched_getaffinity(0)), torch.get_num_threads(), numba.get_num_threads()
+    from tideflow.kernels.threads import kernel_threads
+
+    return sorted(os.sched_getaffinity(0)), torch.get_num_threads(), kernel_threads()
 
 
 def restore_binding(state: tuple[list[int], int, int]) -> None:
     """Undo `bind_compute_threads` (an engine built in a process that goes on with other work:
     the benchmarks)."""
-    import numba
     import torch
+
+    from tideflow.kernels.threads import set_kernel_threads
 
     cores, torch_threads, numba_threads = state
     for tid in _threads():
@@ -132,7 +131,7 @@ def restore_binding(state: tuple[list[int], int, int]) -> None:
             os.sched_setaffinity(tid, cores)
         except OSError:
             pass
-    numba.set_num_threads(numba_threads)
+    set_kernel_threads(numba_threads)
     torch.set_num_threads(torch_threads)
 
 
