@@ -29,6 +29,30 @@ MODEL_IMPLS = ("auto", "tideflow", "transformers")
 GENERATION_CONFIG_MODES = ("auto", "vllm")
 
 
+def parse_cores(spec: str) -> list[int]:
+    """"0-1,3" -> [0, 1, 3]. ValueError for anything else."""
+    cores: set[int] = set()
+    try:
+        for part in spec.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            if dash and not hi:
+                raise ValueError
+            first, last = int(lo), int(hi or lo)
+            if first < 0 or last < first:
+                raise ValueError
+            cores.update(range(first, last + 1))
+    except ValueError:
+        raise ValueError(f"cpu_bind: expected 'auto' or cores like '0-1,3', got {spec!r}") from None
+    return sorted(cores)
+
+
+def check_cpu_bind(spec: str | None) -> str | None:
+    """`spec` validated (not applied): None, "auto" or a core list."""
+    if spec is not None and spec != "auto":
+        parse_cores(spec)
+    return spec
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What to load."""
@@ -121,8 +145,6 @@ class ParallelConfig:
     def __post_init__(self):
         if not self.device:
             raise ValueError("device must be set")
-        from tideflow.runtime.engine.cpu_binding import check_cpu_bind
-
         check_cpu_bind(self.cpu_bind)
         tp = self.tensor_parallel_size
         if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:

@@ -60,7 +60,7 @@ def _override_generation_config(text: str) -> dict:
 
 
 def _cpu_bind(value: str) -> str:
-    from tideflow.runtime.engine.cpu_binding import check_cpu_bind
+    from tideflow.config import check_cpu_bind
 
     try:
         return check_cpu_bind(value)

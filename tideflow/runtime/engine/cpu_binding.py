@@ -20,34 +20,12 @@ import logging
 import os
 import time
 
+from tideflow.config import check_cpu_bind, parse_cores  # noqa: F401  (the option's grammar lives with it)
+
 logger = logging.getLogger(__name__)
 
 IDLE_SAMPLE_S = 0.25
 BUSY_CORE = 0.5  # a core more than this busy during the sample is left to whoever uses it
-
-
-def parse_cores(spec: str) -> list[int]:
-    """"0-1,3" -> [0, 1, 3]. ValueError for anything else."""
-    cores: set[int] = set()
-    try:
-        for part in spec.split(","):
-            lo, dash, hi = part.strip().partition("-")
-            if dash and not hi:
-                raise ValueError
-            first, last = int(lo), int(hi or lo)
-            if first < 0 or last < first:
-                raise ValueError
-            cores.update(range(first, last + 1))
-    except ValueError:
-        raise ValueError(f"cpu_bind: expected 'auto' or cores like '0-1,3', got {spec!r}") from None
-    return sorted(cores)
-
-
-def check_cpu_bind(spec: str | None) -> str | None:
-    """`spec` validated (not applied): None, "auto" or a core list."""
-    if spec is not None and spec != "auto":
-        parse_cores(spec)
-    return spec
 
 
 def _busy_fractions(sample_s: float) -> dict[int, float]:
