@@ -189,3 +189,24 @@ def test_model_impl_is_validated(tiny_model_dir):
     with pytest.raises(ValueError, match="model_impl must be one of"):
         engine_config(tiny_model_dir("llama"), model_impl="vllm")
     assert LLM(tiny_model_dir("llama"), model_impl="transformers").engine.runner.packed is None
+
+
+def test_float32_fused_path_without_onednn_runs_on_f_linear(tiny_model_dir, monkeypatch):
+    """A torch without oneDNN keeps the fused kernels and runs the projections through
+    `F.linear`: the same logits as the op-by-op path."""
+    import tideflow.models.packed_decoder as packed_decoder
+
+    monkeypatch.setattr(packed_decoder, "prepacking_available", lambda: False)
+    path = tiny_model_dir("qwen2")  # q/k/v biases
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    logits = {}
+    for fused in (True, False):
+        llm = LLM(path, dtype="float32", max_num_batched_tokens=40, block_size=8)
+        decoder = llm.engine.runner.packed
+        assert decoder.fused and decoder.lm_head_packed is None
+        decoder.fused = fused
+        for i, p in enumerate([list(range(5, 60)), [11, 12]]):
+            llm.engine.add_request(str(i), p, params)
+        logits[fused] = _step_logits(llm, 4)
+    for got, want in zip(logits[True], logits[False]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -157,7 +157,7 @@ class _Linears:
 
     @classmethod
     def plain(cls, layer: _Layer) -> "_Linears":
-        """The layer's own weights through `F.linear` (no oneDNN in this torch)."""
+        """The layer's own weights through `F.linear` (this torch has no oneDNN)."""
         gate_up = None if layer.gate_up_weight is None else partial(F.linear, weight=layer.gate_up_weight, bias=layer.gate_up_bias)
         return cls(partial(F.linear, weight=layer.qkv_weight, bias=layer.qkv_bias), layer.o_proj, gate_up,
                    None if gate_up is None else layer.mlp.down_proj)
@@ -204,13 +204,13 @@ class PackedDecoder:
         self.rotate = _rotate if rotary_dims == self.layers[0].head_dim else _rotate_part
         self.fused = fused and self._fusable()
         self.lm_head_packed = None
-        self.linears = self._prepack() if self.fused else None
+        self.linears = self._linears() if self.fused else None
 
-    def _prepack(self) -> list[_Linears] | None:
-        """Each layer's projections with oneDNN-prepacked weights (`PrepackedLinear`), and the
-        LM head's; None when this torch has no oneDNN."""
+    def _linears(self) -> list[_Linears]:
+        """Each layer's projections as the fused path calls them: oneDNN-prepacked weights
+        (`PrepackedLinear`, the LM head's too) where this torch has oneDNN, else `F.linear`."""
         if not prepacking_available():
-            return None
+            return [_Linears.plain(layer) for layer in self.layers]
         with torch.no_grad():
             self.lm_head_packed = PrepackedLinear.of(self.lm_head)
             return [
@@ -260,7 +260,7 @@ class PackedDecoder:
         x = self.layers[0].norm1(h)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            linears = self.linears[i] if self.linears is not None else _Linears.plain(layer)
+            linears = self.linears[i]
             x = _add_norm(h, self._attention_fused(layer, linears, x, cos, sin, meta), layer.norm2)
             if linears.gate_up is None:
                 out = self._mlp(layer, x)
