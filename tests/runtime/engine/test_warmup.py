@@ -103,3 +103,9 @@ def test_the_engine_after_warm_up_looks_freshly_built(tiny_model_dir):
     # nothing the warm-up computed is left to hit: its prompts start at token 1, so does this one
     llm.generate([{"prompt_token_ids": list(range(1, 40))}], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)
     assert engine.stats().prefix_cache_hits == 0
+
+
+def test_an_engine_whose_context_cannot_hold_the_warm_up_prompts_still_loads_and_runs(tiny_model_dir):
+    llm = LLM(tiny_model_dir("llama"), dtype="float32", max_model_len=4)
+    out = llm.generate([{"prompt_token_ids": [5, 6]}], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 2 and llm.engine.requests == {}

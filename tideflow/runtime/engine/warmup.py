@@ -37,6 +37,9 @@ def warm_up(engine) -> float:
     start = time.perf_counter()
     block = engine.blocks.block_size
     longest = engine.max_model_len - _DECODE_STEPS - 1
+    if longest < 2:  # a context too short to hold the warm-up prompts: kernels compile on first use
+        logger.info("warm-up skipped: max_model_len %d", engine.max_model_len)
+        return 0.0
     first = 1 if engine.vocab_size > 2 else 0
     ids = [first + i % max(1, engine.vocab_size - first) for i in range(block + 3)]
     greedy = SamplingParams(temperature=0.0, max_tokens=_DECODE_STEPS, ignore_eos=True)
