@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from tideflow.config import engine_config
+from tideflow.config import engine_config, parse_cores
 from tideflow.engine_args import add_engine_args, engine_options
-from tideflow.runtime.engine.cpu_binding import choose_cores, parse_cores
+from tideflow.runtime.engine.cpu_binding import choose_cores
 
 
 def test_core_lists_parse_as_vllm_writes_them():

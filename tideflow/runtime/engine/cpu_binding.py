@@ -20,7 +20,7 @@ import logging
 import os
 import time
 
-from tideflow.config import check_cpu_bind, parse_cores  # noqa: F401  (the option's grammar lives with it)
+from tideflow.config import parse_cores
 
 logger = logging.getLogger(__name__)
 
