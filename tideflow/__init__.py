@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tideflow.outputs import CompletionOutput, Logprob, RequestOutput
-from tideflow.sampling_params import SamplingParams
+from tideflow.sampling_params import SamplingParams, StructuredOutputsParams
 
 if TYPE_CHECKING:
     from tideflow.llm import LLM
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob"]
+__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams", "RequestOutput", "CompletionOutput", "Logprob"]
 __version__ = "0.1.0"
 
 

@@ -23,6 +23,46 @@ GENERATION_CONFIG_FIELDS = {
 }
 
 
+STRUCTURED_KINDS = ("json", "json_object", "regex", "choice", "grammar")
+
+
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """A constraint on what a request may generate, as vLLM's `StructuredOutputsParams`: exactly
+    one of `json` (a JSON schema, as a dict or its JSON text), `json_object` (any JSON object),
+    `regex`, `choice` (one of these strings) or `grammar` (Lark, or GBNF/EBNF)."""
+
+    json: str | Mapping[str, Any] | None = None
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None
+
+    def __post_init__(self):
+        if self.choice is not None and not isinstance(self.choice, tuple):
+            if isinstance(self.choice, str):
+                raise ValueError(f"structured_outputs.choice must be a list of strings, got {self.choice!r}")
+            object.__setattr__(self, "choice", tuple(self.choice))
+        set_kinds = [k for k in STRUCTURED_KINDS if getattr(self, k) not in (None, False)]
+        if len(set_kinds) != 1:
+            raise ValueError(f"structured_outputs must set exactly one of {list(STRUCTURED_KINDS)}, got {set_kinds or 'none'}")
+        if self.json is not None and not isinstance(self.json, (str, Mapping)):
+            raise ValueError(f"structured_outputs.json must be a JSON schema (an object or its text), got {self.json!r}")
+        if self.json_object is not None and not isinstance(self.json_object, bool):
+            raise ValueError(f"structured_outputs.json_object must be true or false, got {self.json_object!r}")
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"structured_outputs.{name} must be a non-empty string, got {value!r}")
+        if self.choice is not None and (not self.choice or any(not isinstance(c, str) for c in self.choice)):
+            raise ValueError(f"structured_outputs.choice must hold at least one string, got {list(self.choice)!r}")
+
+    @property
+    def kind(self) -> str:
+        """Which constraint this is: one of STRUCTURED_KINDS."""
+        return next(k for k in STRUCTURED_KINDS if getattr(self, k) not in (None, False))
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request samples and when it stops. Invalid values raise ValueError naming the field."""
@@ -50,6 +90,7 @@ class SamplingParams:
     allowed_token_ids: tuple[int, ...] | None = None  # only these tokens may be sampled
     bad_words: tuple[str, ...] = ()  # words never generated: a word's last token is banned after its other tokens
     pooling: str | None = None  # "last" | "mean": the request's output carries the prompt's embedding
+    structured_outputs: StructuredOutputsParams | None = None  # what the output must parse as (JSON schema, regex, ...)
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -75,6 +116,8 @@ class SamplingParams:
                     raise ValueError(f"logit_bias values must be numbers, got {value!r}")
                 bias[token] = min(MAX_LOGIT_BIAS, max(-MAX_LOGIT_BIAS, float(value)))
             object.__setattr__(self, "logit_bias", bias or None)
+        if isinstance(self.structured_outputs, Mapping):  # {"json": {...}} as vLLM's extra field sends it
+            object.__setattr__(self, "structured_outputs", StructuredOutputsParams(**self.structured_outputs))
         self._validate()
 
     def _validate(self) -> None:
@@ -121,6 +164,8 @@ class SamplingParams:
             bad("pooling", "must be 'last' or 'mean'")
         if self.seed is not None and not isinstance(self.seed, int):
             bad("seed", "must be an integer")
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            bad("structured_outputs", "must be a StructuredOutputsParams")
 
     @property
     def greedy(self) -> bool:
