@@ -47,8 +47,8 @@ def _sampling_rows(rng) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
 
 
 def _sampling(rng) -> dict[str, bool]:
-    from tideflow.kernels.cuda.sampling import THREADS, _filters, _kept, launch_sample
-    from tideflow.kernels.sampling import kept_ref, sample_ref
+    from tideflow.kernels.cuda.sampling import THREADS, _filters, _kept, launch_mask, launch_sample
+    from tideflow.kernels.sampling import kept_ref, mask_ref, sample_ref
 
     @cuda.jit  # `cuda` must be a module global: the simulator swaps it there
     def kept_kernel(logits, temperature, top_k, top_p, min_p, kept):
@@ -66,9 +66,25 @@ def _sampling(rng) -> dict[str, bool]:
     out = np.full(logits.shape[0], -7, dtype=np.int64)
     launch_sample(logits.numpy(), *(t.numpy() for t in params.values()), out, threads=8)
     want_kept = kept_ref(logits, *filters).numpy()
+    # a grammar's bitmask: random words, row 0 allowing token 35 alone, row 3 (ids below 30 at
+    # -inf) one allowed token past them; cut to one word, ids from 32 up are never allowed
+    bitmask = torch.from_numpy(rng.integers(-(2**31), 2**31, (logits.shape[0], 2), dtype=np.int64).astype(np.int32))
+    bitmask[0] = torch.tensor([0, 1 << 3], dtype=torch.int32)
+    bitmask[3, 1] |= 1
+    one_word = bitmask[:, :1].contiguous()
+    masked_short = np.full(logits.shape, 7.0, dtype=np.float32)  # poisoned
+    launch_mask(logits.numpy(), one_word.numpy(), masked_short, threads=8)
+    masked = np.full(logits.shape, 7.0, dtype=np.float32)
+    launch_mask(logits.numpy(), bitmask.numpy(), masked, threads=8)
+    out_masked = np.full(logits.shape[0], -7, dtype=np.int64)
+    launch_sample(masked, *(t.numpy() for t in params.values()), out_masked, threads=8)
     return {
         "kept_sets": np.array_equal(kept, want_kept) and bool(want_kept[2, :3].all()) and not want_kept[2, 3:].any(),
         "sample": np.array_equal(out, sample_ref(logits, *params.values()).numpy()),
+        "mask": np.array_equal(masked_short, mask_ref(logits, one_word).numpy())
+        and bool(np.isneginf(masked_short[:, 32:]).all()) and np.array_equal(masked, mask_ref(logits, bitmask).numpy()),
+        "masked_sample": np.array_equal(out_masked, sample_ref(logits, *params.values(), bitmask=bitmask).numpy())
+        and int(out_masked[0]) == 35,
     }
 
 

@@ -16,7 +16,7 @@ import torch
 
 from tests.runtime.helpers import reference_allowed
 
-from tideflow.kernels.sampling import _sample_cpu, gumbel, gumbel_ref, row_key, sample, sample_ref, to_int64
+from tideflow.kernels.sampling import _NO_MASK, _sample_cpu, allowed_ref, gumbel, gumbel_ref, row_key, sample, sample_ref, to_int64
 
 
 def _rng(seed: int | None = None) -> tuple[np.random.Generator, int]:
@@ -76,7 +76,8 @@ def test_kernel_writes_every_row_of_a_poisoned_output():
     logits = _logits(rng, rows, vocab, torch.float64)
     p = _params(rng, rows, vocab)
     out = np.full(rows, -1, dtype=np.int64)
-    _sample_cpu(logits.numpy(), *(p[k].numpy() for k in ("temperature", "top_k", "top_p", "min_p", "seeds", "counters")), out)
+    _sample_cpu(logits.numpy(), *(p[k].numpy() for k in ("temperature", "top_k", "top_p", "min_p", "seeds", "counters")),
+                _NO_MASK, out)
     assert np.array_equal(out, _reference(logits, p).numpy()), f"seed {seed}"
 
 
@@ -204,3 +205,65 @@ def test_rejects_bad_inputs():
         _draw(logits, p, backend="cupy")
     with pytest.raises(ValueError, match=r"out must have shape \(4,\)"):
         _draw(logits, p, out=torch.empty(5, dtype=torch.int64))
+    with pytest.raises(ValueError, match="bitmask must be torch.int32"):
+        _draw(logits, p, bitmask=torch.zeros((4, 2), dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"bitmask must have shape \(4, \*\)"):
+        _draw(logits, p, bitmask=torch.zeros((3, 2), dtype=torch.int32))
+
+
+# -- the token bitmask (structured outputs) -----------------------------------------------------
+def _bitmask(rng, rows: int, vocab: int, words: int) -> torch.Tensor:
+    """Random int32 words (about half the tokens allowed), every row allowing at least token 3
+    (an id of finite logit in every `_logits` row but the first, where it is -inf: row 0 gets
+    token vocab // 2 + 1 too, past its suppressed half)."""
+    bits = torch.from_numpy(rng.integers(-(2**31), 2**31, (rows, words), dtype=np.int64).astype(np.int32))
+    bits[:, 0] |= 1 << 3
+    keep = min(vocab // 2 + 1, 32 * words - 1)
+    bits[0, keep >> 5] |= np.int32(np.uint32(1 << (keep & 31)).view(np.int32))
+    return bits
+
+
+@pytest.mark.parametrize("vocab", [7, 1000, 32000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bitmask_same_tokens_as_reference_and_only_allowed_ones(vocab, dtype):
+    rng, seed = _rng()
+    rows = 32
+    logits = _logits(rng, rows, vocab, dtype)
+    p = _params(rng, rows, vocab)
+    bitmask = _bitmask(rng, rows, vocab, -(-vocab // 32))
+    got = _draw(logits, p, bitmask=bitmask)
+    assert torch.equal(got, _draw(logits, p, bitmask=bitmask, backend="torch")), f"seed {seed}"
+    allowed = allowed_ref(bitmask, vocab)
+    assert allowed[torch.arange(rows), got].all(), f"seed {seed}: a disallowed token was drawn"
+    # greedy under the mask: top_k = 1 is the best allowed logit, lowest id first
+    greedy = dict(p, top_k=torch.ones(rows, dtype=torch.int64), temperature=torch.ones(rows, dtype=torch.float64))
+    want = logits.masked_fill(~allowed, float("-inf")).argmax(-1)
+    assert torch.equal(_draw(logits, greedy, bitmask=bitmask), want), f"seed {seed}"
+    assert torch.equal(_draw(logits, greedy, bitmask=bitmask, backend="torch"), want), f"seed {seed}"
+
+
+def test_bitmask_shorter_than_the_vocabulary_rules_out_the_padded_ids():
+    """A model's vocabulary padded past the tokenizer's: the words cover 64 ids of 100, and ids
+    64..99 are never drawn however large their logits."""
+    rng, seed = _rng()
+    rows, vocab = 16, 100
+    logits = _logits(rng, rows, vocab, torch.float32)
+    logits[:, 64:] = 50.0
+    p = _params(rng, rows, vocab)
+    bitmask = torch.full((rows, 2), -1, dtype=torch.int32)  # every tokenizer id allowed
+    for backend in ("auto", "torch"):
+        got = _draw(logits, p, bitmask=bitmask, backend=backend)
+        assert (got < 64).all(), f"seed {seed} {backend}: {got.tolist()}"
+    assert (_draw(logits, p) >= 64).all(), "without the mask the padded ids win"
+
+
+def test_single_allowed_token_is_always_drawn():
+    rng, seed = _rng()
+    rows, vocab = 8, 300
+    logits = _logits(rng, rows, vocab, torch.float64)
+    logits[0, 200] = 0.0  # row 0's first half is -inf
+    bitmask = torch.zeros((rows, 10), dtype=torch.int32)
+    bitmask[:, 200 >> 5] = 1 << (200 & 31)
+    p = _params(rng, rows, vocab)
+    for backend in ("auto", "torch"):
+        assert _draw(logits, p, bitmask=bitmask, backend=backend).tolist() == [200] * rows, f"seed {seed}"

@@ -21,6 +21,14 @@ stable, so equal logits keep index order and top_k=1 is greedy.
 - `tideflow.kernels.cuda.sampling`: numba.cuda, one block per row, no sort (threshold search).
 - `sample`: the checked entry point, dispatching on the tensors' device.
 All three compute in float64 and produce the same token ids (up to rounding at exact ties).
+
+A token bitmask (structured outputs: the tokens a grammar allows next) is applied inside the
+draw: a row's disallowed tokens are -inf before top-k / top-p / min-p, so the filters work over
+the allowed tokens only, as vLLM applies its grammar bitmask before sampling. Its layout is
+llguidance's: int32 words [R, W], token v allowed when bit v % 32 of word v // 32 is set; ids
+from 32 * W up are never allowed (a model's padded vocabulary rows past the tokenizer's), and
+W = 0 means no mask. A greedy row under a mask runs the same kernel with top_k = 1 (stable
+descending order: the lowest id among the best allowed logits, torch's argmax).
 """
 
 from __future__ import annotations
@@ -76,6 +84,16 @@ def gumbel(key, token):
     return -math.log(-math.log(u))
 
 
+@register_jitable
+def allowed(bitmask, r, v):
+    """Whether row r may draw token v under `bitmask` (see the module docstring)."""
+    words = bitmask.shape[1]
+    if words == 0:
+        return True
+    w = v >> 5
+    return w < words and (bitmask[r, w] >> (v & 31)) & 1 != 0
+
+
 # -- torch reference ---------------------------------------------------------------------------
 def _signed(value: np.uint64) -> int:
     return to_int64(int(value))
@@ -103,6 +121,24 @@ def gumbel_ref(seeds: torch.Tensor, counters: torch.Tensor, vocab: int) -> torch
     return -torch.log(-torch.log(u))
 
 
+def allowed_ref(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[R, vocab] bool: the tokens `bitmask` ([R, W] int32, `allowed`'s layout) lets each row draw."""
+    rows, words = bitmask.shape
+    ids = torch.arange(vocab, device=bitmask.device)
+    if words == 0:
+        return torch.ones((rows, vocab), dtype=torch.bool, device=bitmask.device)
+    word = ids >> 5
+    bits = (bitmask[:, word.clamp(max=words - 1)].to(torch.int64) >> (ids & 31)) & 1
+    return (bits != 0) & (word < words)
+
+
+def mask_ref(logits: torch.Tensor, bitmask: torch.Tensor | None) -> torch.Tensor:
+    """`logits` with the tokens `bitmask` disallows at -inf (a copy; the logits when no mask)."""
+    if bitmask is None or bitmask.shape[1] == 0:
+        return logits
+    return logits.masked_fill(~allowed_ref(bitmask, logits.shape[1]), float("-inf"))
+
+
 def kept_ref(logits, temperature, top_k, top_p, min_p) -> torch.Tensor:
     """[R, V] bool by token id: the token survives top-k, then top-p, then min-p. Arguments as
     in `sample_ref`."""
@@ -116,9 +152,11 @@ def kept_ref(logits, temperature, top_k, top_p, min_p) -> torch.Tensor:
     return torch.zeros_like(kept).scatter_(1, order, kept)
 
 
-def sample_ref(logits, temperature, top_k, top_p, min_p, seeds, counters) -> torch.Tensor:
+def sample_ref(logits, temperature, top_k, top_p, min_p, seeds, counters, bitmask=None) -> torch.Tensor:
     """logits [R, V] float; temperature, top_p, min_p [R] float64 (top_p 1: off, min_p 0: off);
-    top_k, seeds, counters [R] int64 (top_k <= 0 or >= V: off). Returns [R] int64 token ids."""
+    top_k, seeds, counters [R] int64 (top_k <= 0 or >= V: off); bitmask [R, W] int32 or None
+    (the tokens each row may draw). Returns [R] int64 token ids."""
+    logits = mask_ref(logits, bitmask)
     x = logits.to(torch.float64) / temperature[:, None]
     score = x + gumbel_ref(seeds, counters, logits.shape[1])
     return score.masked_fill(~kept_ref(logits, temperature, top_k, top_p, min_p), float("-inf")).argmax(dim=-1)
@@ -216,11 +254,11 @@ def _draw_filtered(x, top_k, top_p, min_p, key):  # pragma: no cover (jitted)
 
 
 @register_jitable
-def _sample_row(logits, r, temperature, top_k, top_p, min_p, seeds, counters, out):
+def _sample_row(logits, r, temperature, top_k, top_p, min_p, seeds, counters, bitmask, out):
     vocab = logits.shape[1]
     x = np.empty(vocab)
     for v in range(vocab):
-        x[v] = logits[r, v] / temperature[r]
+        x[v] = logits[r, v] / temperature[r] if allowed(bitmask, r, v) else -np.inf
     key = row_key(seeds[r], counters[r])
     k = top_k[r] if 0 < top_k[r] < vocab else vocab
     if k < vocab or top_p[r] < 1.0:
@@ -230,25 +268,29 @@ def _sample_row(logits, r, temperature, top_k, top_p, min_p, seeds, counters, ou
 
 
 @numba.njit(parallel=True, cache=True)
-def _sample_cpu(logits, temperature, top_k, top_p, min_p, seeds, counters, out):  # pragma: no cover (jitted)
+def _sample_cpu(logits, temperature, top_k, top_p, min_p, seeds, counters, bitmask, out):  # pragma: no cover (jitted)
     for r in numba.prange(logits.shape[0]):
-        _sample_row(logits, r, temperature, top_k, top_p, min_p, seeds, counters, out)
+        _sample_row(logits, r, temperature, top_k, top_p, min_p, seeds, counters, bitmask, out)
 
 
 @numba.njit(cache=True)
-def _sample_one_cpu(logits, temperature, top_k, top_p, min_p, seeds, counters, out):  # pragma: no cover (jitted)
+def _sample_one_cpu(logits, temperature, top_k, top_p, min_p, seeds, counters, bitmask, out):  # pragma: no cover (jitted)
     """A single row: no parallel region to start and join (it costs more than the row on a busy host)."""
-    _sample_row(logits, 0, temperature, top_k, top_p, min_p, seeds, counters, out)
+    _sample_row(logits, 0, temperature, top_k, top_p, min_p, seeds, counters, bitmask, out)
 
 
 # -- entry point -------------------------------------------------------------------------------
+_NO_MASK = np.zeros((0, 0), dtype=np.int32)  # W = 0: every token allowed (one kernel signature for both)
+
+
 def sample(
-    logits, temperature, top_k, top_p, min_p, seeds, counters, *, out=None, backend: str = "auto"
+    logits, temperature, top_k, top_p, min_p, seeds, counters, *, bitmask=None, out=None, backend: str = "auto"
 ) -> torch.Tensor:
     """Checked entry point: one token id per row ([R] int64, `out` if given). CPU tensors run the
     numba kernel, CUDA tensors the numba.cuda kernel; backend="torch" runs `sample_ref`.
     Arguments as in `sample_ref`; temperatures must be positive (greedy rows take the argmax
-    elsewhere), all tensors contiguous and on one device."""
+    elsewhere, or top_k=1 here under a bitmask), all tensors contiguous and on one device, and
+    every row must allow at least one token of finite logit."""
     fn = "sample"
     check_backend(fn, backend)
     check_tensor(fn, "logits", logits, shape=(None, None), dtypes=(torch.float32, torch.float64), device=None)
@@ -259,14 +301,18 @@ def sample(
         check_tensor(fn, name, t, shape=(rows,), dtypes=(torch.float64,), device=dev)
     for name, t in (("top_k", top_k), ("seeds", seeds), ("counters", counters)):
         check_tensor(fn, name, t, shape=(rows,), dtypes=(torch.int64,), device=dev)
+    if bitmask is not None:
+        check_tensor(fn, "bitmask", bitmask, shape=(rows, None), dtypes=(torch.int32,), device=dev)
     if out is None:
         out = torch.empty(rows, dtype=torch.int64, device=dev)
     check_tensor(fn, "out", out, shape=(rows,), dtypes=(torch.int64,), device=dev)
     if backend == "torch":
-        return out.copy_(sample_ref(logits, temperature, top_k, top_p, min_p, seeds, counters))
+        return out.copy_(sample_ref(logits, temperature, top_k, top_p, min_p, seeds, counters, bitmask))
     if dev.type == "cuda":
-        from tideflow.kernels.cuda.sampling import sample_cuda
+        from tideflow.kernels.cuda.sampling import mask_cuda, sample_cuda
 
+        if bitmask is not None:  # one pass writing the masked rows, then the unmasked kernel
+            logits = mask_cuda(logits, bitmask)
         sample_cuda(logits, temperature, top_k, top_p, min_p, seeds, counters, out)
         return out
     if dev.type != "cpu":
@@ -274,7 +320,7 @@ def sample(
     kernel = _sample_one_cpu if rows == 1 else _sample_cpu
     kernel(
         logits.numpy(), temperature.numpy(), top_k.numpy(), top_p.numpy(), min_p.numpy(),
-        seeds.numpy(), counters.numpy(), out.numpy(),
+        seeds.numpy(), counters.numpy(), _NO_MASK if bitmask is None else bitmask.numpy(), out.numpy(),
     )
     return out
 

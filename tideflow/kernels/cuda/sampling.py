@@ -7,6 +7,11 @@ bisecting over the row's own values, each step one pass over the row with block 
 (count / mass above a candidate, min / max inside the interval), and the tie cut by bisecting
 over token ids. Then each thread draws Gumbel-max over its strided share of the kept tokens and
 a block argmax picks the token. Same hash, same float64 arithmetic as the CPU kernel.
+
+A token bitmask (structured outputs) goes through `_mask_kernel` first: one pass writing the
+rows with disallowed tokens at -inf into a scratch copy, which the sampling kernel then reads.
+The bisections above read every row several times; testing the mask's bit in each of those
+reads would cost more than the one extra pass.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import math
 from numba import cuda, float64, int64
 
 from tideflow.kernels.cuda.device_math import dmax, dmin
-from tideflow.kernels.sampling import gumbel, row_key
+from tideflow.kernels.sampling import allowed, gumbel, row_key
 
 THREADS = 256  # threads per block; a power of two (the reductions halve it)
 
@@ -226,6 +231,31 @@ def _sample_kernel(logits, temperature, top_k, top_p, min_p, seeds, counters, ou
     arg = _argmax(fbuf, ibuf, best, arg)
     if t == 0:
         out[r] = arg
+
+
+@cuda.jit(cache=True)
+def _mask_kernel(logits, bitmask, out):  # pragma: no cover
+    """out[r, v] = logits[r, v] where the bitmask allows token v, else -inf; one block per row."""
+    r = cuda.blockIdx.x
+    for v in range(cuda.threadIdx.x, logits.shape[1], cuda.blockDim.x):
+        out[r, v] = logits[r, v] if allowed(bitmask, r, v) else -math.inf
+
+
+def launch_mask(logits, bitmask, out, stream=0, threads=THREADS):
+    """Launch `_mask_kernel` on arrays numba.cuda accepts (device arrays, or numpy in the simulator)."""
+    _mask_kernel[logits.shape[0], threads, stream](logits, bitmask, out)
+
+
+def mask_cuda(logits, bitmask):
+    """torch CUDA tensors (checked by `tideflow.kernels.sampling.sample`) -> the masked copy of `logits`."""
+    import torch
+
+    from tideflow.kernels.cuda.interop import current_stream, device_array, on_device
+
+    out = torch.empty_like(logits)
+    with on_device(logits.device):
+        launch_mask(device_array(logits), device_array(bitmask), device_array(out), stream=current_stream(logits.device))
+    return out
 
 
 def launch_sample(logits, temperature, top_k, top_p, min_p, seeds, counters, out, stream=0, threads=THREADS):
