@@ -46,6 +46,7 @@ class Engine:
         from tideflow.runtime.engine.model_runner import ModelRunner
         from tideflow.runtime.engine.sampler import Sampler
         from tideflow.runtime.engine.core.scheduler import Scheduler
+        from tideflow.runtime.engine.structured.structured_outputs import StructuredOutputs
 
         mc = config.model
         if torch.device(config.parallel.device).type == "cpu":
@@ -96,11 +97,13 @@ class Engine:
             self.num_blocks, cc.block_size, cc.enable_prefix_caching, sliding_window=uniform_sliding_window(self.hf_config)
         )
         self.detokenizer = Detokenizer(self.tokenizer) if detokenize else None
+        self.structured = StructuredOutputs(self.tokenizer, self.vocab_size, self.eos_token_ids)
         self.scheduler = Scheduler(
             config.scheduler, self.blocks, eos_token_ids=self.eos_token_ids, max_model_len=self.max_model_len,
-            stop_checker=self.detokenizer, clock=time.time,
+            stop_checker=self.detokenizer, grammar=self.structured, clock=time.time,
         )
-        sampler = Sampler(self.vocab_size, self.eos_token_ids, seed=mc.seed, kernel_backend=config.kernel_backend)
+        sampler = Sampler(self.vocab_size, self.eos_token_ids, seed=mc.seed, kernel_backend=config.kernel_backend,
+                          structured=self.structured)
         decode_group_rows = attention_kernels(config.kernel_backend).decode_group_rows
         if tp > 1:
             self.runner = sharded_runner(config, self.model, kv_cache, sampler, self.num_blocks, decode_group_rows)
@@ -159,7 +162,8 @@ class Engine:
 
     def new_sequence(self, request_id: str, index: int, ids: list[int], params: SamplingParams, arrival_time=0.0) -> Sequence:
         """A sequence for completion `index` of a request, its output limit resolved. Raises
-        ValueError when prompt plus max_tokens can never fit the KV pool."""
+        ValueError when prompt plus max_tokens can never fit the KV pool, or naming the field
+        when its structured-output grammar does not compile (compiled once per engine)."""
         if params.ranks_completions:  # the engine samples completions; choosing the best is its caller's
             raise ValueError("best_of: an engine runs params.sampled_params(); LLM and the server pick the best")
         if params.pooling is not None and self.config.parallel.tensor_parallel_size > 1:
@@ -176,6 +180,8 @@ class Engine:
                 f"prompt_token_ids: prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) needs {needed} KV "
                 f"blocks, more than the cache holds ({self.num_blocks})"
             )
+        if params.structured_outputs is not None:
+            self.structured.check(params.structured_outputs)
         seq = Sequence(request_id, index, list(ids), len(ids), params, max_tokens, arrival_time=arrival_time)
         if params.bad_words:
             seq.bad_words_ids = bad_words_token_ids(self.tokenizer, params.bad_words)

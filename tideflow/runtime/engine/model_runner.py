@@ -3,7 +3,8 @@
 `execute(batch)` turns a `ScheduledBatch` into model inputs (token ids, per-token positions,
 slot mapping, block tables), runs one forward pass with the `tideflow` attention function,
 computes logits only at the rows that sample (and at the prompt rows of requests asking
-prompt logprobs), and samples them.
+prompt logprobs), and samples them. The grammar bitmask of structured-output rows is computed
+on a background thread while the forward runs (`Sampler.start_masks`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> SamplerOutput:
         if not batch.seqs:
             return _EMPTY
+        masks = self.sampler.start_masks(batch.sampled_seqs)  # overlaps the forward
         pooling = pool_rows(batch)
         if pooling.batch_rows:
             logits, hidden = self.forward_pooled(batch, pooling.flat)
@@ -49,7 +51,7 @@ class ModelRunner:
         if logits.shape[0] == 0 and hidden is None:
             return _EMPTY
         num_sampled = sum(batch.sample)
-        out = self.sampler(logits[:num_sampled], batch.sampled_seqs) if num_sampled else SamplerOutput([], [])
+        out = self.sampler(logits[:num_sampled], batch.sampled_seqs, masks) if num_sampled else SamplerOutput([], [])
         if logits.shape[0] > num_sampled:
             out.prompt_logprobs = prompt_entries(logits[num_sampled:], prompt_rows(batch), batch, self.sampler.vocab_size)
         if hidden is not None:

@@ -1,8 +1,10 @@
 """Turns one step's logits into next tokens, batched over the rows.
 
 Order, as in vLLM v1: allowed tokens, bad words and logit bias (logit_constraints) -> penalties -> min_tokens suppression -> (logprobs, from the raw logits) ->
-temperature -> top-k -> top-p -> min-p -> sample. Greedy rows take the argmax of the penalised
-logits and are never perturbed. Random rows go through `tideflow.kernels.sampling.sample`, whose
+grammar bitmask -> temperature -> top-k -> top-p -> min-p -> sample. Greedy rows take the argmax of the penalised
+logits and are never perturbed. Random rows, and greedy rows under a grammar (structured
+outputs; at top_k=1, the best allowed token), go through `tideflow.kernels.sampling.sample`,
+which applies the grammar's bitmask inside the draw, and whose
 draws are a pure function of (the row's seed, its counter, its logits): the counter is the
 number of tokens the sequence has generated, so its draws never depend on the batch around it,
 and a preempted, migrated or replayed sequence draws exactly the same tokens again.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +23,7 @@ from tideflow.kernels.sampling import sample, to_int64
 from tideflow.outputs import Logprob
 from tideflow.runtime.engine.core.sequence import Sequence
 from tideflow.runtime.engine.logit_constraints import apply_constraints, constrains
+from tideflow.runtime.engine.structured.structured_outputs import StructuredOutputs
 
 _MASK64 = (1 << 64) - 1
 
@@ -37,25 +41,38 @@ class SamplerOutput:
 
 class Sampler:
     """Samples one token per row. Reads `seq.params` and the token ids; the only state it writes
-    is `seq.sampling_seed`, fixed at a row's first random draw."""
+    is `seq.sampling_seed`, fixed at a row's first random draw (and, through `structured`, the
+    grammar matchers of constrained rows)."""
 
-    def __init__(self, vocab_size: int, eos_token_ids: Iterable[int], seed: int = 0, kernel_backend: str = "auto"):
+    def __init__(self, vocab_size: int, eos_token_ids: Iterable[int], seed: int = 0, kernel_backend: str = "auto",
+                 structured: StructuredOutputs | None = None):
         """`kernel_backend`: "auto" samples with tideflow's kernel for the logits' device,
-        "torch" with its torch reference (the same tokens)."""
+        "torch" with its torch reference (the same tokens). `structured`: the engine's
+        structured outputs (grammar bitmasks); None refuses constrained rows."""
         self.vocab_size = vocab_size
         self.eos_token_ids = tuple(eos_token_ids)
         self.kernel_backend = kernel_backend
+        self.structured = structured
         self.generator = torch.Generator()  # draws the seeds of rows without their own
         self.generator.manual_seed(seed & _MASK64)
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
-        """logits: [len(seqs), >= vocab_size], row i is the next-token distribution of seqs[i]."""
+    def start_masks(self, seqs: list[Sequence]) -> Future | None:
+        """Start computing the grammar bitmask of `seqs` (the rows about to sample) on the
+        background thread, to pass to `__call__`; None when no row is constrained."""
+        return self.structured.start(seqs) if self.structured is not None else None
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], masks: Future | None = None) -> SamplerOutput:
+        """logits: [len(seqs), >= vocab_size], row i is the next-token distribution of seqs[i].
+        `masks`: `start_masks(seqs)` started before the forward (computed here when None)."""
         raw = logits[:, : self.vocab_size]
         random_rows, penalty_rows, min_tokens_rows, logprob_rows, constrained_rows = [], [], [], [], []
+        grammar_rows = []
         for i, seq in enumerate(seqs):
             p = seq.params
             if not p.greedy:
                 random_rows.append(i)
+            if p.structured_outputs is not None:
+                grammar_rows.append(i)
             if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
                 penalty_rows.append(i)
             if seq.num_output_tokens < p.min_tokens:
@@ -64,8 +81,9 @@ class Sampler:
                 logprob_rows.append(i)
             if constrains(p):
                 constrained_rows.append(i)
-        if not (random_rows or penalty_rows or min_tokens_rows or logprob_rows or constrained_rows):
+        if not (random_rows or penalty_rows or min_tokens_rows or logprob_rows or constrained_rows or grammar_rows):
             return SamplerOutput(raw.argmax(dim=-1).tolist(), [None] * len(seqs))
+        bitmask = self._bitmask(seqs, masks) if grammar_rows else None
 
         dtype = torch.float64 if raw.dtype == torch.float64 else torch.float32
         dev = raw.device
@@ -82,9 +100,11 @@ class Sampler:
             self._suppress_stop_tokens(work, [(i, seqs[i]) for i in min_tokens_rows])
 
         tokens = work.argmax(dim=-1)
-        if random_rows:
-            idx = torch.tensor(random_rows, device=dev)
-            tokens[idx] = self._sample_random(work[idx], [seqs[i] for i in random_rows])
+        kernel_rows = sorted(set(random_rows).union(grammar_rows))
+        if kernel_rows:
+            idx = torch.tensor(kernel_rows, device=dev)
+            rows_mask = None if bitmask is None else bitmask[idx.cpu()].to(dev)
+            tokens[idx] = self._sample_random(work[idx], [seqs[i] for i in kernel_rows], rows_mask)
 
         token_list = tokens.tolist()
         logprobs: list[dict[int, Logprob] | None] = [None] * len(seqs)
@@ -110,22 +130,35 @@ class Sampler:
             dev = logits.device
             logits[torch.tensor(row_idx, device=dev), torch.tensor(col_idx, device=dev)] = float("-inf")
 
-    def _sample_random(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        """logits: [R, V] penalised logits of non-greedy rows -> [R] sampled token ids."""
+    def _bitmask(self, seqs: list[Sequence], masks: Future | None) -> torch.Tensor:
+        """[len(seqs), W] int32: the grammar bitmask of every row (all bits set where unconstrained)."""
+        if masks is not None:
+            return masks.result()
+        if self.structured is None:
+            raise ValueError("structured_outputs: this sampler has no grammar support (build it with `structured`)")
+        return self.structured.fill(seqs)
+
+    def _sample_random(self, logits: torch.Tensor, seqs: list[Sequence], bitmask: torch.Tensor | None) -> torch.Tensor:
+        """logits: [R, V] penalised logits of non-greedy rows and of greedy rows under a grammar
+        (`bitmask` [R, W]: the tokens each row may draw) -> [R] sampled token ids. A greedy
+        row draws at top_k=1: the best allowed token, whatever its seed."""
         dev = logits.device
         params = [s.params for s in seqs]
+        random = [s for s in seqs if not s.params.greedy]
+        seeds = iter(self._seeds(random))
 
         def column(values, dtype):
             return torch.tensor(values, dtype=dtype, device=dev)
 
         return sample(
             logits,
-            column([p.temperature for p in params], torch.float64),
-            column([p.top_k for p in params], torch.int64),
-            column([p.top_p for p in params], torch.float64),
-            column([p.min_p for p in params], torch.float64),
-            column(self._seeds(seqs), torch.int64),
+            column([1.0 if p.greedy else p.temperature for p in params], torch.float64),
+            column([1 if p.greedy else p.top_k for p in params], torch.int64),
+            column([1.0 if p.greedy else p.top_p for p in params], torch.float64),
+            column([0.0 if p.greedy else p.min_p for p in params], torch.float64),
+            column([0 if p.greedy else next(seeds) for p in params], torch.int64),
             column([s.num_output_tokens for s in seqs], torch.int64),
+            bitmask=bitmask,
             backend=self.kernel_backend,
         )
 

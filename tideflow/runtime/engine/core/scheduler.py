@@ -31,6 +31,14 @@ class TextStopChecker(Protocol):
         """The sequence ended otherwise: add any text still held back."""
 
 
+class GrammarChecker(Protocol):
+    """Structured outputs: advances a constrained sequence's grammar over its newest token."""
+
+    def advance(self, seq: Sequence) -> str | None:
+        """Consume the newest token; the finish reason when the grammar ends the sequence now
+        ("stop": nothing but EOS may follow; "abort": the grammar failed), else None."""
+
+
 class SampledTokens(Protocol):
     """What the runner returns: one sampled token (and optional logprobs) per sampling row."""
 
@@ -49,6 +57,7 @@ class Scheduler:
         eos_token_ids: frozenset[int] = frozenset(),
         max_model_len: int,
         stop_checker: TextStopChecker | None = None,
+        grammar: GrammarChecker | None = None,
         clock=None,
     ):
         self.config = config
@@ -56,6 +65,7 @@ class Scheduler:
         self.eos_token_ids = frozenset(eos_token_ids)
         self.max_model_len = max_model_len
         self.stop_checker = stop_checker
+        self.grammar = grammar
         self.clock = clock
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -195,6 +205,10 @@ class Scheduler:
             if token in params.stop_token_ids:
                 seq.stop_reason = token
                 return "stop"
+        if params.structured_outputs is not None and self.grammar is not None:
+            reason = self.grammar.advance(seq)  # a complete output stops even before min_tokens
+            if reason is not None:
+                return reason
         if seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None

@@ -82,6 +82,9 @@ class Sequence:
     pooled_sum: list[float] | None = None
     pooled_count: int = 0
     bad_words_ids: tuple[tuple[int, ...], ...] = ()  # the token sequences of params.bad_words
+    # structured outputs: the grammar matcher over the output tokens (runtime/engine/structured's
+    # SequenceMatcher), rebuilt from the tokens wherever it is None (adopted, replayed, restored)
+    grammar: object | None = None
     images: ImageInputs | None = None  # the prompt's images (multimodal models), shared by a request's sequences
     request: Request | None = field(default=None, repr=False)  # the request it belongs to (None: adopted without one)
 
