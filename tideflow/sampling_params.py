@@ -62,6 +62,12 @@ class StructuredOutputsParams:
         """Which constraint this is: one of STRUCTURED_KINDS."""
         return next(k for k in STRUCTURED_KINDS if getattr(self, k) not in (None, False))
 
+    def as_dict(self) -> dict[str, Any]:
+        """{kind: value}, JSON-able (a choice as a list): vLLM's `structured_outputs` field, and
+        what `StructuredOutputsParams(**d)` (or `SamplingParams(structured_outputs=d)`) takes back."""
+        value = getattr(self, self.kind)
+        return {self.kind: list(value) if isinstance(value, tuple) else value}
+
 
 @dataclass(frozen=True)
 class SamplingParams:

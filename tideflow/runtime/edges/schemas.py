@@ -7,6 +7,8 @@ sampling parameters) is sent once; later rows for it carry only what changed. La
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 from tideflow.sampling_params import SamplingParams
@@ -36,6 +38,8 @@ SAMPLING = pa.struct(
         ("allowed_token_ids", pa.list_(pa.int32())),  # null -> any token
         ("bad_words", pa.list_(pa.string())),
         ("pooling", pa.string()),  # null -> no embedding
+        # null -> unconstrained; else JSON of StructuredOutputsParams.as_dict(), e.g. {"json": {schema}}
+        ("structured_outputs", pa.string()),
     ]
 )
 
@@ -166,6 +170,7 @@ def params_to_row(p: SamplingParams) -> dict:
         "allowed_token_ids": None if p.allowed_token_ids is None else list(p.allowed_token_ids),
         "bad_words": list(p.bad_words),
         "pooling": p.pooling,
+        "structured_outputs": None if p.structured_outputs is None else json.dumps(p.structured_outputs.as_dict()),
     }
 
 
@@ -176,4 +181,6 @@ def row_to_params(row: dict) -> SamplingParams:
     row["bad_words"] = tuple(row.get("bad_words") or ())
     if row.get("logit_bias") is not None:
         row["logit_bias"] = dict(row["logit_bias"])  # Arrow maps come back as (key, value) pairs
+    if row.get("structured_outputs") is not None:
+        row["structured_outputs"] = json.loads(row["structured_outputs"])
     return SamplingParams(**row)
