@@ -1,7 +1,10 @@
 """Every role's snapshot survives msgpack and a fresh instance restored from it continues
-to the same tokens; the checkpoint store keeps snapshots, completion markers and logs."""
+to the same tokens (structured-output requests too: their matchers are rebuilt from the
+restored tokens); the checkpoint store keeps snapshots, completion markers and logs."""
 
 from __future__ import annotations
+
+import json
 
 import msgpack
 import pyarrow as pa
@@ -13,6 +16,12 @@ from tideflow.runtime.dataflow.inprocess import InProcessGraph
 from tideflow.runtime.dataflow.ingress import request_batch, request_row
 
 from tests.graphs.parity import mixed_requests, reference_tokens
+
+
+# four small integers: long enough (15+ tokens) to be cut by both restarts
+SCHEMA = {"type": "object", "properties": {"v": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99},
+                                                 "minItems": 4, "maxItems": 4}},
+          "required": ["v"], "additionalProperties": False}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +46,8 @@ def _restart(graph: InProcessGraph) -> InProcessGraph:
 def test_restored_roles_continue_to_the_same_tokens(model, kind):
     prompts, params = mixed_requests(512, count=6, seed=3)
     params = [p.replace(max_tokens=p.max_tokens + 6) for p in params]
+    params[0] = params[0].replace(max_tokens=40, structured_outputs={"json": SCHEMA})  # greedy JSON
+    params[1] = params[1].replace(max_tokens=40, temperature=1.0, seed=11, structured_outputs={"json": SCHEMA})
     reference = reference_tokens(model, prompts, params)
     if kind == "colocated":
         graph = colocated(model, dtype="float64", max_num_seqs=4)
@@ -57,7 +68,9 @@ def test_restored_roles_continue_to_the_same_tokens(model, kind):
             g = _restart(g)
             restarts += 1
     assert restarts >= 2
-    assert [g.collector.pop(rid).outputs[0].token_ids for rid in ids] == reference
+    out = [g.collector.pop(rid) for rid in ids]
+    assert [o.outputs[0].token_ids for o in out] == reference
+    assert all(len(json.loads(o.outputs[0].text)["v"]) == 4 for o in out[:2])
 
 
 def test_store_snapshots_markers_logs_and_cleanup(tmp_path):
