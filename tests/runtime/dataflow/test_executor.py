@@ -1,9 +1,11 @@
-"""Graphs deployed on Ray: parity with the engine, streaming, backpressure, and a dead
-stage that fails its requests instead of hanging them."""
+"""Graphs deployed on Ray: parity with the engine (structured-output requests included),
+streaming, backpressure, and a dead stage that fails its requests instead of hanging them."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 
 import pytest
 
@@ -21,9 +23,21 @@ def model(tiny_model_dir):
     return tiny_model_dir("llama")
 
 
+# structured requests added to the workload: (constraint, check of the output text)
+STRUCTURED = [
+    ({"json": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}},
+               "required": ["n"], "additionalProperties": False}}, lambda t: 0 <= json.loads(t)["n"] <= 99),
+    ({"regex": r"[a-z]{3,6}"}, lambda t: re.fullmatch(r"[a-z]{3,6}", t) is not None),
+    ({"choice": ["yes", "no"]}, lambda t: t in ("yes", "no")),
+]
+
+
 @pytest.fixture(scope="module")
 def workload(model):
     prompts, params = mixed_requests(512, count=20, seed=1)
+    for i, (constraint, _) in enumerate(STRUCTURED):  # sampled (seeded), then the mask is all that keeps them valid
+        prompts.append({"prompt_token_ids": [7 + i, 9, 11]})
+        params.append(SamplingParams(seed=i, max_tokens=24, structured_outputs=constraint))
     return prompts, params, reference_tokens(model, prompts, params)
 
 
@@ -40,6 +54,8 @@ def test_deployed_graph_equals_engine_and_streams(ray_session, model, workload, 
                 assert ray_session.get_actor(f"{name}/{spec.name}/{i}", namespace=NAMESPACE)
         out = handle.generate(prompts, params)
         assert [o.outputs[0].token_ids for o in out] == reference
+        for o, (_, valid) in zip(out[-len(STRUCTURED):], STRUCTURED):
+            assert valid(o.outputs[0].text) and o.outputs[0].finish_reason == "stop", o.outputs[0].text
 
         async def stream():
             return [o async for o in handle.submit(prompts[3], params[3].replace(max_tokens=12, ignore_eos=True))]

@@ -1,7 +1,9 @@
 """Fault tests on a deployed graph (docs/reliability.md faults 1-3): replicas crash while
 processing, inside a snapshot, inside a restore; every request completes exactly once with
 the tokens of the no-fault run, a checkpoint cut short is replaced by a later complete one,
-and old checkpoint files are deleted.
+and old checkpoint files are deleted. Half the requests are JSON-constrained: the decode
+replicas die holding them mid-way, and the restarted ones rebuild their matchers from the
+tokens, so the JSON is valid and equal to the no-fault run's.
 
 One deployment carries every fault (each fires once, at a seeded point) to keep Ray time low.
 """
@@ -9,6 +11,7 @@ One deployment carries every fault (each fires once, at a seeded point) to keep 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -49,10 +52,17 @@ def test_recovery_settings_are_validated(tmp_path):
     assert owned.owns_dir and owned.interval_s == 2.0 and owned.interval_batches == 5 and owned.max_restarts == 3
 
 
+# six small integers: 15 to 30 tokens, so the faults land inside them
+SCHEMA = {"type": "object", "properties": {"v": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99},
+                                                 "minItems": 6, "maxItems": 6}},
+          "required": ["v"], "additionalProperties": False}
+
+
 @pytest.fixture(scope="module")
 def workload(model):
     prompts, params = mixed_requests(512, count=16, seed=4)
     params = [p.replace(max_tokens=p.max_tokens + 8) for p in params]
+    params[::2] = [p.replace(max_tokens=48, structured_outputs={"json": SCHEMA}) for p in params[::2]]
     return prompts, params, reference_tokens(model, prompts, params)
 
 
@@ -99,6 +109,8 @@ def test_crashes_in_every_phase_lose_and_duplicate_nothing(ray_session, deployed
     out = list(streamed) + list(batch)
     assert [o.outputs[0].token_ids for o in out] == reference  # nothing lost, nothing repeated
     assert all(o.finished for o in out)
+    for o in out[::2]:  # the JSON requests: complete and valid across the crashes
+        assert o.outputs[0].finish_reason == "stop" and len(json.loads(o.outputs[0].text)["v"]) == 6
     status = handle.checkpoints()
     # the expected number of recoveries: one per fault, two where the restore failed once
     assert status["restarts"] == {"decode/0": 1, "decode/1": 1, "prefill/0": 1, "detokenize/0": 2}
