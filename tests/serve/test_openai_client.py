@@ -186,3 +186,21 @@ def test_echo_puts_the_prompt_before_the_completion(client, server, reference):
     stream = client.completions.create(model=server.model, prompt=PROMPTS[0], max_tokens=12, temperature=0, echo=True,
                                        stream=True)
     assert "".join(c.choices[0].text for c in stream if c.choices) == out.choices[0].text
+
+
+def test_parse_with_a_pydantic_model_returns_the_parsed_object(client, server):
+    """`chat.completions.parse(response_format=Model)` sends the model's JSON schema (strict);
+    the tiny random model's answer parses into the model, for greedy and seeded sampling."""
+    from pydantic import BaseModel, Field
+
+    class Person(BaseModel):
+        name: str = Field(max_length=8)
+        age: int = Field(ge=0, le=120)
+        retired: bool
+
+    for sampling in ({"temperature": 0}, {"temperature": 1.0, "seed": 1}, {"temperature": 1.0, "seed": 2}):
+        out = client.chat.completions.parse(model=server.model, messages=MESSAGES, response_format=Person,
+                                            max_tokens=80, **sampling)
+        person = out.choices[0].message.parsed
+        assert isinstance(person, Person) and 0 <= person.age <= 120 and len(person.name) <= 8
+        assert out.choices[0].finish_reason == "stop"

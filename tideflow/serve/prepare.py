@@ -2,7 +2,8 @@
 
 Everything a client can get wrong is checked here, before anything is submitted, so a bad
 request is a 400 that leaves no trace in the graph: the model name, ranges of the sampling
-fields, token ids against the vocabulary, and prompt + max_tokens against the context length.
+fields, token ids against the vocabulary, prompt + max_tokens against the context length, and
+the grammar of `response_format` / `structured_outputs` (`tideflow.serve.response_format`).
 
 A sampling field the request leaves unset takes the model's generation-config default
 (`ModelInfo.generation`: temperature, top_p, top_k, min_p, repetition_penalty, max_tokens),
@@ -19,6 +20,7 @@ from tideflow.serve.errors import APIError, bad_request, model_not_found
 from tideflow.serve.images import image_from_url
 from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.protocol import ChatCompletionRequest, CompletionRequest
+from tideflow.serve.response_format import request_constraint
 
 MAX_N = 128  # completions per prompt
 MAX_LOGPROBS = 20  # top logprobs per token
@@ -77,9 +79,6 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
     check_model(req.model, info)
     if req.tools:
         raise bad_request("'tools' are not supported", "tools", code="unsupported_parameter")
-    if req.response_format is not None and req.response_format.get("type", "text") != "text":
-        raise bad_request("only response_format {\"type\": \"text\"} is supported", "response_format",
-                          code="unsupported_parameter")
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     images: list[bytes] = []
@@ -236,6 +235,7 @@ def _sampling(req, info: ModelInfo, lengths: list[int], max_tokens: int | None, 
         logit_bias=logit_bias,
         allowed_token_ids=req.allowed_token_ids,
         bad_words=tuple(req.bad_words or ()),
+        structured_outputs=request_constraint(req.response_format, req.structured_outputs),
     )
     try:
         return SamplingParams(**fields)

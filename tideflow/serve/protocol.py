@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Body(BaseModel):
@@ -20,6 +20,30 @@ class _Body(BaseModel):
 
 class StreamOptions(_Body):
     include_usage: bool = False  # one more chunk at the end: empty `choices`, the request's usage
+
+
+class JSONSchemaFormat(_Body):
+    """`response_format.json_schema` (OpenAI's structured outputs)."""
+
+    name: str | None = None  # OpenAI requires it; it names the schema and changes nothing here
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # the JSON schema the output must validate against
+    strict: bool | None = None  # accepted: the output always follows the schema
+
+
+class ResponseFormat(_Body):
+    type: str  # "text" | "json_object" | "json_schema"
+    json_schema: JSONSchemaFormat | None = None  # with type "json_schema"
+
+
+class StructuredOutputsField(_Body):
+    """vLLM's `structured_outputs` extra field: exactly one constraint (its other options are ignored)."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")  # a JSON schema, or its text
+    json_object: bool | None = None  # any JSON object
+    regex: str | None = None
+    choice: list[str] | None = None  # one of these strings
+    grammar: str | None = None  # Lark, or GBNF
 
 
 class _Sampling(_Body):
@@ -51,6 +75,8 @@ class _Sampling(_Body):
     allowed_token_ids: list[int] | None = None  # only these tokens may be generated
     bad_words: list[str] | None = None  # words never generated
     prompt_logprobs: int | None = None  # top logprobs per prompt token (completions: `prompt_logprobs` per choice)
+    response_format: ResponseFormat | None = None  # "text", or JSON output: "json_object" / "json_schema"
+    structured_outputs: StructuredOutputsField | None = None  # vLLM's: json, json_object, regex, choice or grammar
 
 
 class CompletionRequest(_Sampling):
@@ -86,7 +112,6 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool | None = False
     top_logprobs: int | None = None
     tools: list[Any] | None = None  # not supported: must be empty
-    response_format: dict[str, Any] | None = None  # only {"type": "text"}
 
 
 class TokenizeCompletionRequest(_Body):
