@@ -40,6 +40,18 @@ def _serve(args: argparse.Namespace) -> int:
 BATCH_SAMPLING = {"max_tokens": 256, "temperature": 0.0, "top_p": 1.0}
 
 
+def _json_arg(flag: str, text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{flag}: not JSON: {text[:60]!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag}: expected a JSON object, got {text[:60]!r}")
+    return value
+
+
 def _batch(args: argparse.Namespace) -> int:
     from tideflow import SamplingParams
     from tideflow.batch import run_job
@@ -55,6 +67,8 @@ def _batch(args: argparse.Namespace) -> int:
         given = {k: getattr(args, k) for k in BATCH_SAMPLING if getattr(args, k) is not None}
         base = SamplingParams(**BATCH_SAMPLING, seed=args.seed)
         params = default_sampling_params(args.model, engine_options(args, seed=False), base).replace(**given)
+        if args.structured_outputs is not None:
+            params = params.replace(structured_outputs=_json_arg("--structured-outputs", args.structured_outputs))
         if args.address is not None:
             import ray
 
@@ -62,6 +76,7 @@ def _batch(args: argparse.Namespace) -> int:
         summary = run_job(
             args.input, args.output, args.model, prompt_column=args.prompt_column, messages_column=args.messages_column,
             id_column=args.id_column, sampling_params=params, max_tokens_column=args.max_tokens_column,
+            structured_outputs_column=args.structured_outputs_column,
             concurrency=concurrency[0] if len(concurrency) == 1 else concurrency, batch_size=args.batch_size,
             batches_per_actor=args.batches_per_actor, engine_options=engine_options(args, seed=False), num_cpus=args.num_cpus,
             num_gpus=args.num_gpus,
@@ -186,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--max-tokens", type=int, default=None,
                        help="default: the model's max_new_tokens (its generation config), else 256")
     batch.add_argument("--max-tokens-column", default=None, help="column of per-row max_tokens (null: --max-tokens)")
+    batch.add_argument("--structured-outputs", default=None, metavar="JSON",
+                       help='every row\'s output constraint: {"json": {schema}}, {"regex": ...}, {"choice": [...]}, '
+                            '{"grammar": ...} or {"json_object": true}')
+    batch.add_argument("--structured-outputs-column", default=None,
+                       help="column of per-row constraints, as --structured-outputs (null: --structured-outputs)")
     batch.add_argument("--temperature", type=float, default=None,
                        help="default: the model's (its generation config), else 0 (greedy): reruns give the same text")
     batch.add_argument("--top-p", type=float, default=None, help="default: the model's, else 1")

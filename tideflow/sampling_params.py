@@ -123,6 +123,9 @@ class SamplingParams:
                 bias[token] = min(MAX_LOGIT_BIAS, max(-MAX_LOGIT_BIAS, float(value)))
             object.__setattr__(self, "logit_bias", bias or None)
         if isinstance(self.structured_outputs, Mapping):  # {"json": {...}} as vLLM's extra field sends it
+            unknown = sorted(set(self.structured_outputs) - set(STRUCTURED_KINDS), key=str)
+            if unknown:
+                raise ValueError(f"structured_outputs: unknown key(s) {unknown}; known: {list(STRUCTURED_KINDS)}")
             object.__setattr__(self, "structured_outputs", StructuredOutputsParams(**self.structured_outputs))
         self._validate()
 

@@ -141,3 +141,35 @@ def test_concurrent_batches_share_one_engine(make, reference):
         expected = reference.generate(batch.column("prompt").to_pylist()[:5], GREEDY, use_tqdm=False)
         assert out.column("generated_token_ids").to_pylist()[:5] == [e.outputs[0].token_ids for e in expected]
         assert out.column("error").to_pylist()[5] == "prompt: the prompt is empty"
+
+
+def test_structured_outputs_for_the_job_and_per_row(make, model):
+    """A job-wide constraint, overridden per row by a column of JSON text or of structs; a
+    row whose constraint is not JSON, unknown or does not compile gets an error, the rest run."""
+    import re
+
+    from tideflow.batch.backends import GraphBackend
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 9}},
+              "required": ["n"], "additionalProperties": False}
+    job = SamplingParams(temperature=1.0, seed=3, max_tokens=40, structured_outputs={"regex": "[a-z]{3}"})
+    shapes = [None, json.dumps({"json": schema}), '{"choice": ["x", "y"]}', "{not json", '{"regex": "a(b"}',
+              '{"xml": "<a/>"}']
+    rows = pa.table({"prompt": ["alpha", "beta", "gamma", "delta", "eps", "zeta"], "shape": shapes})
+    out = make(job, prompt_column="prompt", structured_outputs_column="shape")(rows).to_pylist()
+    assert re.fullmatch("[a-z]{3}", out[0]["generated_text"]) and out[0]["finish_reason"] == "stop"
+    assert 1 <= json.loads(out[1]["generated_text"])["n"] <= 9
+    assert out[2]["generated_text"] in ("x", "y")
+    assert out[3]["error"] == "shape: not JSON: '{not json'"
+    assert out[4]["error"].startswith("structured_outputs.regex:") and out[4]["generated_text"] is None
+    assert out[5]["error"].startswith("shape: structured_outputs: unknown key(s) ['xml']")
+    structs = pa.table({"prompt": ["alpha"], "shape": pa.array([{"regex": "[0-9]{4}", "choice": None}])})
+    (row,) = make(job, prompt_column="prompt", structured_outputs_column="shape")(structs).to_pylist()
+    assert re.fullmatch("[0-9]{4}", row["generated_text"])
+    # the graph path checks grammars before sending rows; a bad job-wide one is refused up front
+    bad = SamplingParams(structured_outputs={"grammar": "start: foo"})
+    assert GraphBackend(None, model, {}).check([5, 6], bad).startswith("structured_outputs.grammar:")
+    with pytest.raises(ValueError, match="sampling_params: structured_outputs.grammar"):
+        generator_spec(model, sampling_params=bad)
+    with pytest.raises(ValueError, match="structured_outputs_column must be a non-empty"):
+        generator_spec(model, structured_outputs_column="")

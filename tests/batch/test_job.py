@@ -139,5 +139,29 @@ def test_cli_rejects_bad_arguments_before_starting(model, tmp_path, capsys):
     assert "temperature must be non-negative" in capsys.readouterr().err
     assert main(["batch", "--input", str(tmp_path / "none"), "--output", str(tmp_path / "o"), "--model", model]) == 2
     assert "input: no such file" in capsys.readouterr().err
+    assert main([*base, "--prompt-column", "text", "--structured-outputs", "{regex"]) == 2
+    assert "--structured-outputs: not JSON" in capsys.readouterr().err
+    assert main([*base, "--prompt-column", "text", "--structured-outputs", '{"regex": "a(b"}']) == 2
+    assert "sampling_params: structured_outputs.regex" in capsys.readouterr().err
+    assert main([*base, "--prompt-column", "text", "--structured-outputs-column", "shape"]) == 2
+    assert "structured_outputs_column: in.parquet has no column 'shape'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--prompt-column", "text", "--messages-column", "m"])
+
+
+def test_a_constrained_job_is_its_own_job_when_resumed(model, tmp_path):
+    """The manifest holds the job's params as JSON does (a choice's tuple as a list, logit_bias
+    keys as strings): the same job matches it on resume, another constraint does not."""
+    import dataclasses
+
+    from tideflow.batch import output
+    from tideflow.batch.job import _manifest
+    from tideflow.batch.run import generator_spec
+
+    params = SamplingParams(logit_bias={3: 1.0}, structured_outputs={"choice": ["a", "b"]})
+    spec = generator_spec(model, prompt_column="p", sampling_params=params, structured_outputs_column="shape")
+    output.check_manifest(tmp_path, _manifest("in.parquet", spec, "row_id"))
+    output.check_manifest(tmp_path, _manifest("in.parquet", spec, "row_id"))  # resumed: the same job
+    other = dataclasses.replace(spec, sampling_params=params.replace(structured_outputs={"choice": ["a"]}))
+    with pytest.raises(ValueError, match="sampling_params differ"):
+        output.check_manifest(tmp_path, _manifest("in.parquet", other, "row_id"))

@@ -59,8 +59,8 @@ class GraphBackend:
 
     Every actor holds its own copy of the handle, and a copy draws request ids under a fresh
     prefix, so ids never collide across actors. Prompts are checked against the model's
-    vocabulary and context length here, so that one bad row does not fail its whole batch
-    inside the graph."""
+    vocabulary and context length, and grammars compiled, here, so that one bad row does not
+    fail its whole batch inside the graph."""
 
     def __init__(self, handle, model: str, engine_options: dict):
         self.handle = handle  # a copy per actor: each draws request ids under its own prefix
@@ -71,8 +71,12 @@ class GraphBackend:
         )
 
     def check(self, token_ids: list[int], params: SamplingParams) -> str | None:
+        from tideflow.runtime.engine.structured.grammar import compile_grammar
+
         try:
             self.prompts.check_token_ids(token_ids)
+            if params.structured_outputs is not None:  # tokenizer-free: the graph's engine compiles it again
+                compile_grammar(params.structured_outputs)
         except ValueError as exc:
             return str(exc)
         return None

@@ -8,6 +8,7 @@ columns; the rest of its batch runs as usual.
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass, field
 
@@ -40,6 +41,9 @@ class GeneratorSpec:
     graph_handle: object = None  # a deployed GraphHandle: generate through it instead of an in-process LLM
     output_dir: str | None = None  # commit each output batch here and return its STATS row instead
     max_tokens_column: str | None = None  # per-row max_tokens (null: sampling_params.max_tokens)
+    # per-row output constraint, as JSON text ('{"json": {schema}}', '{"regex": "..."}' ...) or a
+    # struct with those fields (null: sampling_params.structured_outputs)
+    structured_outputs_column: str | None = None
 
 
 def row_seed(seed: int, row_id: str) -> int:
@@ -109,25 +113,28 @@ class BatchGenerator:
         return _append_outputs(batch, prompts.token_ids, outputs, errors)
 
     def _params(self, batch: pa.Table, errors: list[str | None]) -> list[SamplingParams | None]:
-        """Each row's sampling parameters: its own seed (from the job's seed and the row id) and
-        max_tokens (from `max_tokens_column`); None where the row's value is invalid (its
-        reason goes into `errors`)."""
+        """Each row's sampling parameters: its own seed (from the job's seed and the row id),
+        max_tokens (from `max_tokens_column`) and output constraint (from
+        `structured_outputs_column`); None where the row's value is invalid (its reason goes
+        into `errors`)."""
         sp, spec = self.spec.sampling_params, self.spec
         params: list[SamplingParams | None] = [sp] * batch.num_rows
         if sp.seed is not None and not sp.greedy and ROW_ID in batch.column_names:
             params = [sp.replace(seed=row_seed(sp.seed, rid)) for rid in batch.column(ROW_ID).to_pylist()]
-        if spec.max_tokens_column is None:
-            return params
-        if spec.max_tokens_column not in batch.column_names:
-            raise ValueError(f"max_tokens_column: the input has no column {spec.max_tokens_column!r}")
-        for row, value in enumerate(batch.column(spec.max_tokens_column).to_pylist()):
-            if value is None:
+        for name, field, parse in ((spec.max_tokens_column, "max_tokens", _max_tokens),
+                                   (spec.structured_outputs_column, "structured_outputs", _constraint)):
+            if name is None:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                errors[row] = errors[row] or f"{spec.max_tokens_column}: must be a positive integer, got {value!r}"
-                params[row] = None
-            else:
-                params[row] = params[row].replace(max_tokens=value)
+            if name not in batch.column_names:
+                raise ValueError(f"{field}_column: the input has no column {name!r}")
+            for row, value in enumerate(batch.column(name).to_pylist()):
+                if value is None or params[row] is None:
+                    continue
+                try:
+                    params[row] = params[row].replace(**{field: parse(value)})
+                except (ValueError, TypeError) as exc:
+                    errors[row] = errors[row] or f"{name}: {exc}"
+                    params[row] = None
         return params
 
     def _generate(self, prompts: list[dict], params: list[SamplingParams]) -> list:
@@ -147,6 +154,24 @@ class BatchGenerator:
             except ValueError as exc:
                 results.append(str(exc))
         return results
+
+
+def _max_tokens(value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _constraint(value) -> dict:
+    """A row's constraint: JSON text of {kind: value}, or a struct (its null fields dropped)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"not JSON: {value[:60]!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected an object such as {{\"json\": {{...}}}}, got {type(value).__name__}")
+    return {k: v for k, v in value.items() if v is not None}
 
 
 def _append_outputs(batch: pa.Table, token_ids: list, outputs: list, errors: list[str | None]) -> pa.Table:

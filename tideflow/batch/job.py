@@ -10,6 +10,7 @@ input row.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ def run_job(
     id_column: str = inputs.ROW_ID,
     sampling_params: SamplingParams | None = None,
     max_tokens_column: str | None = None,
+    structured_outputs_column: str | None = None,
     concurrency: int | tuple[int, int] = 1,
     batch_size: int = DEFAULT_BATCH_SIZE,
     batches_per_actor: int = DEFAULT_BATCHES_PER_ACTOR,
@@ -83,7 +85,7 @@ def run_job(
 
     spec = generator_spec(model_or_graph, prompt_column=prompt_column, messages_column=messages_column,
                           sampling_params=sampling_params, max_tokens_column=max_tokens_column,
-                          engine_options=engine_options)
+                          structured_outputs_column=structured_outputs_column, engine_options=engine_options)
     if not isinstance(id_column, str) or not id_column:
         raise ValueError(f"id_column must be a non-empty column name, got {id_column!r}")
     check_pool_args(concurrency, batch_size, batches_per_actor, num_cpus, num_gpus)
@@ -97,6 +99,8 @@ def run_job(
         columns["id_column"] = id_column
     if max_tokens_column is not None:
         columns["max_tokens_column"] = max_tokens_column
+    if structured_outputs_column is not None:
+        columns["structured_outputs_column"] = structured_outputs_column
     inputs.check_columns(files, columns, reserved=OUTPUT_NAMES)
     units = inputs.plan_units(files, rows_per_read)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +144,8 @@ def _read_units(batch: pa.Table, *, text_column: str, id_column: str, done: pa.A
 
 def _manifest(input, spec, id_column: str) -> dict:
     """The fields that define a job's rows and outputs (a resumed run must match them)."""
-    params = dataclasses.asdict(spec.sampling_params)
+    # through JSON, as the manifest file holds it: tuples (stop, a choice's strings) become lists
+    params = json.loads(json.dumps(dataclasses.asdict(spec.sampling_params)))
     return {
         "input": os.path.abspath(os.fspath(input)),
         "model": spec.model,
@@ -148,5 +153,6 @@ def _manifest(input, spec, id_column: str) -> dict:
         "messages_column": spec.messages_column,
         "id_column": id_column,
         "max_tokens_column": spec.max_tokens_column,
-        "sampling_params": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
+        "structured_outputs_column": spec.structured_outputs_column,
+        "sampling_params": params,
     }

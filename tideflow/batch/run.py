@@ -26,6 +26,7 @@ def run(
     messages_column: str | None = None,
     sampling_params: SamplingParams | None = None,
     max_tokens_column: str | None = None,
+    structured_outputs_column: str | None = None,
     concurrency: int | tuple[int, int] = 1,
     batch_size: int = DEFAULT_BATCH_SIZE,
     batches_per_actor: int = DEFAULT_BATCHES_PER_ACTOR,
@@ -40,7 +41,9 @@ def run(
     send their rows through it, and the caller shuts it down after consuming the dataset).
     Prompts come from `prompt_column` (text, or token ids as `list<int>`) or
     `messages_column` (chat conversations); with neither, from a column named "prompt".
-    `max_tokens_column` (optional) gives rows their own max_tokens. Without `sampling_params`,
+    `max_tokens_column` (optional) gives rows their own max_tokens, `structured_outputs_column`
+    their own output constraint (JSON text such as '{"json": {schema}}', or a struct; null rows
+    take `sampling_params.structured_outputs`). Without `sampling_params`,
     rows sample with the model's generation-config defaults (`default_sampling_params`), as
     `LLM.generate` does without them.
     `concurrency` is a fixed pool size or `(min, max)` for Ray Data to autoscale between;
@@ -50,7 +53,7 @@ def run(
     the argument for bad arguments."""
     spec = generator_spec(model_or_graph, prompt_column=prompt_column, messages_column=messages_column,
                           sampling_params=sampling_params, max_tokens_column=max_tokens_column,
-                          engine_options=engine_options)
+                          structured_outputs_column=structured_outputs_column, engine_options=engine_options)
     return map_generator(dataset, spec, concurrency=concurrency, batch_size=batch_size,
                          batches_per_actor=batches_per_actor, num_cpus=num_cpus, num_gpus=num_gpus)
 
@@ -81,12 +84,12 @@ def map_generator(dataset: "ray.data.Dataset", spec: GeneratorSpec, *, concurren
 
 
 def generator_spec(model_or_graph, *, prompt_column=None, messages_column=None, sampling_params=None,
-                   max_tokens_column=None, engine_options=None) -> GeneratorSpec:
+                   max_tokens_column=None, structured_outputs_column=None, engine_options=None) -> GeneratorSpec:
     """Checks the arguments `run` shares with `run_job` and bundles them for the actors."""
     if prompt_column is not None and messages_column is not None:
         raise ValueError("prompt_column and messages_column: give one of them, not both")
     for name, value in (("prompt_column", prompt_column), ("messages_column", messages_column),
-                        ("max_tokens_column", max_tokens_column)):
+                        ("max_tokens_column", max_tokens_column), ("structured_outputs_column", structured_outputs_column)):
         if value is not None and (not isinstance(value, str) or not value):
             raise ValueError(f"{name} must be a non-empty column name, got {value!r}")
     if prompt_column is None and messages_column is None:
@@ -109,8 +112,15 @@ def generator_spec(model_or_graph, *, prompt_column=None, messages_column=None, 
         raise ValueError(f"model_or_graph: expected a model directory or a deployed graph, got {type(model_or_graph).__name__}")
     # none given: the model's generation-config defaults, as LLM.generate without sampling_params
     params = default_sampling_params(model_or_graph, engine_options) if sampling_params is None else sampling_params
+    if params.structured_outputs is not None:  # every row would fail on it: refuse it before anything starts
+        from tideflow.runtime.engine.structured.grammar import compile_grammar
+
+        try:
+            compile_grammar(params.structured_outputs)
+        except ValueError as exc:
+            raise ValueError(f"sampling_params: {exc}") from None
     return GeneratorSpec(model, params, prompt_column, messages_column, options, handle,
-                         max_tokens_column=max_tokens_column)
+                         max_tokens_column=max_tokens_column, structured_outputs_column=structured_outputs_column)
 
 
 def default_sampling_params(model_or_graph, engine_options: dict | None = None,

@@ -237,5 +237,7 @@ def test_structured_outputs_params_are_validated():
         StructuredOutputsParams(choice="abc")
     with pytest.raises(ValueError, match="non-empty string"):
         StructuredOutputsParams(regex="")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['xml'\]"):
+        SamplingParams(structured_outputs={"xml": "<a/>"})
     assert StructuredOutputsParams(choice=["a", "b"]).as_dict() == {"choice": ["a", "b"]}
     assert SamplingParams(structured_outputs={"json_object": True}).structured_outputs.kind == "json_object"
