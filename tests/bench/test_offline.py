@@ -108,3 +108,24 @@ def test_hf_continuous_batching_honours_per_request_limits(tiny_model_dir):
     finally:
         system.close()
     assert [len(t) for t in gen.token_ids] == [r.max_tokens for r in trace]
+
+
+def test_structured_bench_times_both_runs_and_the_compile(tiny_model_dir, tmp_path, capsys):
+    """`--structured json` on a tiny trace: both runs, their ratio, the compile times, the table;
+    an unknown kind is refused by the parser."""
+    path = tmp_path / "structured.json"
+    argv = ["--model", tiny_model_dir("llama"), "--structured", "json", "--num-requests", "3", "--max-prompt", "32",
+            "--min-output", "4", "--max-output", "12", "--json", str(path)]
+    assert offline.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "constrained / unconstrained throughput" in table and "cached" in table
+    res = json.loads(path.read_text())
+    runs = res["runs"]
+    assert set(runs) == {"unconstrained", "constrained"} and res["ratio"] > 0
+    assert runs["unconstrained"]["generated_tokens"] == res["trace"]["output_tokens"]
+    assert 0 < runs["constrained"]["generated_tokens"] <= res["trace"]["output_tokens"]
+    assert res["structured"]["complete_outputs_valid"]
+    c = res["compile"]
+    assert c["cache_misses"] == 1 and c["cache_hits"] > 0 and c["cold_ms"] > 0 and c["cached_ms"] > 0
+    with pytest.raises(SystemExit):
+        offline.build_parser().parse_args(["--structured", "xml"])

@@ -6,7 +6,9 @@ the peer `vllm` = `vllm-default` + `vllm-2t` from `.venv-vllm`, `make bench-peer
 `tideflow.bench.systems`.
 
 Each system loads its model and warms up on two short requests before the timed run; one
-system runs at a time. Then, at batch 32, the tideflow engine step is compared with the model
+system runs at a time. `--structured json` runs the tideflow engine alone on the trace with and
+without a JSON-schema constraint, alternating, and times the grammar's compile, cold and cached
+(`tideflow.bench.structured`). Then, at batch 32, the tideflow engine step is compared with the model
 forward alone on the same batch (engine overhead = step - forward). Absolute numbers on a
 shared machine are noisy: read the ratios (docs/benchmarks.md).
 """
@@ -30,7 +32,7 @@ from tideflow.bench.peer_vllm import PeerEnvironmentError, resolve_env
 from tideflow.bench.systems import (
     GROUPS, KV_CACHE_BYTES, MAX_BATCH_TOKENS, MAX_SEQS, PEERS, SYSTEMS, System, expand_systems,
 )
-from tideflow.bench.workloads import mixed_trace, trace_stats
+from tideflow.bench.workloads import STRUCTURED_WORKLOADS, mixed_trace, trace_stats
 
 DEFAULT_SYSTEMS = ("hf-static", "hf-cb", "tideflow")
 DEFAULT_NUM_REQUESTS = 64  # a full 3-system run takes ~5 minutes on a 2-core CPU
@@ -340,12 +342,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="run the systems this many times, alternating, and keep each one's fastest run")
     p.add_argument("--contention", action="store_true",
                    help="run every system beside a process that keeps one core busy (a shared machine)")
+    p.add_argument("--structured", default=None, choices=sorted(STRUCTURED_WORKLOADS),
+                   help="time the tideflow engine with and without this output constraint (alternating, "
+                        "--repeats rounds) and the grammar's compile; --systems is ignored")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.structured is not None:
+        return _main_structured(args)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     try:
         systems = expand_systems(systems)
@@ -363,6 +370,24 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(format_table(result))
+    return 0
+
+
+def _main_structured(args) -> int:
+    from tideflow.bench.structured import format_table as structured_table, run_structured
+
+    if args.repeats < 1:
+        print(f"error: --repeats must be positive, got {args.repeats}", file=sys.stderr)
+        return 2
+    model_dir = args.model or str(bench_model(default_model_dir()))
+    result = run_structured(
+        model_dir, kind=args.structured, num_requests=args.num_requests, seed=args.seed, dtype=args.dtype,
+        repeats=args.repeats, min_prompt=args.min_prompt, max_prompt=args.max_prompt, min_output=args.min_output,
+        max_output=args.max_output, log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(structured_table(result))
     return 0
 
 

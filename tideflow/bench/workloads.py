@@ -16,6 +16,24 @@ import numpy as np
 
 FIRST_ID = 5  # ids 0-4 are special tokens (<s>, </s>, <pad>, <|im_start|>, <|im_end|>)
 
+# The structured-output benchmark's constraints, by `--structured` name. The JSON schema is a
+# record with free-text fields, the shape of typical extraction outputs; its strings are
+# unbounded, so a random model's greedy output rarely closes them and runs to max_tokens like
+# the unconstrained run, and the two runs generate the same number of tokens.
+STRUCTURED_WORKLOADS = {
+    "json": {"json": {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "year": {"type": "integer", "minimum": 1900, "maximum": 2100},
+            "summary": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["title", "year", "summary", "tags"],
+        "additionalProperties": False,
+    }},
+}
+
 # Lengths are lognormal, placed on the log scale of their range [lo, hi] so that the shape
 # survives overridden ranges: the median sits at lo * (hi / lo) ** MEDIAN_AT and sigma is
 # SIGMA_PER_LOG_RANGE * ln(hi / lo); draws are rounded and clipped to the range. With the
