@@ -1,6 +1,7 @@
 """The text-only processes never import torch or transformers: the tokenizer and detokenizer
 stages (their Ray actors in a deployed graph, asked for their own `sys.modules`), the server's
-`ModelInfo` and a batch actor's prompt path (in a fresh interpreter). The engine actor of the
+`ModelInfo` and grammar check, and a batch actor's prompt path and grammar check (in a fresh
+interpreter). The engine actor of the
 same graph does import torch, which shows the probe sees it."""
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ backend = GraphBackend(None, model, {})
 got = batch_prompts(pa.table({"p": pa.array([[1, 2, 3], None, [4]], pa.list_(pa.int32()))}), backend.prompts, prompt_column="p")
 assert got.token_ids == [[1, 2, 3], None, [4]], got
 assert batch_prompts(pa.table({"m": [json.dumps(chat)]}), backend.prompts, messages_column="m").token_ids == [ids]
+# the server's and the graph batch path's grammar checks (structured outputs) compile without a model
+from tideflow.serve.response_format import request_constraint
+from tideflow.serve.protocol import StructuredOutputsField
+assert request_constraint(None, StructuredOutputsField.model_validate({"json": {"type": "object"}})).kind == "json"
+assert backend.check([1, 2], SamplingParams(structured_outputs={"regex": "a(b"})).startswith("structured_outputs.regex")
 print(json.dumps({name: name in sys.modules for name in ("torch", "transformers", "tokenizers", "jinja2")}))
 """
 
