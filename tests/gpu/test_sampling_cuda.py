@@ -52,3 +52,18 @@ def test_sampler_draws_the_same_tokens_on_gpu_and_cpu():
     cpu = make_sampler()(logits, [make_seq(p) for p in params]).token_ids
     gpu = make_sampler()(logits.cuda(), [make_seq(p) for p in params]).token_ids
     assert cpu == gpu
+
+
+@pytest.mark.parametrize("vocab", [1000, 152064])
+def test_bitmask_on_gpu_same_tokens_as_reference_and_cpu(vocab):
+    """A grammar bitmask (structured outputs) on the GPU: the masking pass, then the kernel."""
+    from tests.kernels.test_sampling import _bitmask
+
+    rng, seed = _rng()
+    rows = 32
+    logits, p = _logits(rng, rows, vocab, torch.float32), _params(rng, rows, vocab)
+    bitmask = _bitmask(rng, rows, vocab, -(-vocab // 32))
+    cpu = _draw(logits, p, bitmask=bitmask)
+    got = _draw(logits.cuda(), _to(p, "cuda"), bitmask=bitmask.cuda())
+    want = _draw(logits.cuda(), _to(p, "cuda"), bitmask=bitmask.cuda(), backend="torch")
+    assert torch.equal(got.cpu(), want.cpu()) and torch.equal(got.cpu(), cpu), f"seed {seed}"
