@@ -167,14 +167,14 @@ def test_eos_only_where_the_grammar_accepts_and_a_complete_output_stops(llm):
     (out,) = _sampled(llm, StructuredOutputsParams(choice=("abc",)), n=1)
     assert out.text == "abc" and out.finish_reason == "stop" and EOS_ID not in out.token_ids
     # digits may end at any point: EOS comes from the model, and only once a digit is there
-    outs = _sampled(llm, StructuredOutputsParams(regex=r"[0-9]+"), n=30)
+    outs = _sampled(llm, StructuredOutputsParams(regex=r"[0-9]+"), n=30, max_tokens=40)
     for o in outs:
         assert re.fullmatch(r"[0-9]+", o.text), o.text
         if o.token_ids[-1] == EOS_ID:
             assert len(o.token_ids) > 1 and o.finish_reason == "stop"
     # ignore_eos: the grammar is not offered EOS, so only max_tokens ends it
-    outs = _sampled(llm, StructuredOutputsParams(regex=r"[0-9]+"), n=10, ignore_eos=True)
-    assert all(len(o.token_ids) == 160 and EOS_ID not in o.token_ids and o.text.isdigit() for o in outs)
+    outs = _sampled(llm, StructuredOutputsParams(regex=r"[0-9]+"), n=10, ignore_eos=True, max_tokens=40)
+    assert all(len(o.token_ids) == 40 and EOS_ID not in o.token_ids and o.text.isdigit() for o in outs)
 
 
 def test_padded_vocabulary_rows_are_never_drawn(tmp_path):
