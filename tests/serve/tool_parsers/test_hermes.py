@@ -88,7 +88,3 @@ def test_a_call_cut_off_after_its_name_went_out_ends_as_sent():
     assert parse_whole(Hermes(), text).calls == ()
     streamed, _ = stream(Hermes, list(text))
     assert streamed.calls == (FunctionCall("f", '{"a": 1'),) and streamed.content == "x"
-
-
-def test_it_decodes_special_tokens():
-    assert Hermes.keeps_special_tokens

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from tideflow.serve.tool_parsers.json_prefix import Malformed, skip_ws, string_end, value_end
 
@@ -97,9 +96,6 @@ class ContentText:
 class ToolParser(ABC):
     """Tool calls in one completion's text, found as the text grows. `feed` appends to
     `self.text` and advances the parser's state over it; a parser serves one completion."""
-
-    # decode the completion with special tokens: some vocabularies make the call markers special
-    keeps_special_tokens: ClassVar[bool] = False
 
     def __init__(self):
         self.text = ""  # everything fed so far

@@ -5,6 +5,9 @@ Text outside the blocks is content (whitespace next to a block dropped); a model
 several blocks. A block whose JSON is not a call stays in the content as the model wrote it.
 A last block without its closing tag is still a call when its JSON is complete, since
 generation may stop right after the object.
+
+The tags must reach the text: where a vocabulary makes `<tool_call>` a special token
+(Hermes-2-Pro's does; Qwen2.5's does not), the request needs `skip_special_tokens: false`.
 """
 
 from __future__ import annotations
@@ -25,9 +28,6 @@ def _partial_tag(text: str, tag: str) -> int:
 
 
 class HermesToolParser(ToolParser):
-    # Hermes-2-Pro's vocabulary makes <tool_call> a special token (vLLM decodes them too)
-    keeps_special_tokens = True
-
     def __init__(self):
         super().__init__()
         self.pos = 0  # everything before is decided
