@@ -138,6 +138,19 @@ def test_serve_rejects_bad_arguments_before_starting(capsys):
     assert "no/such/model" in capsys.readouterr().err
 
 
+def test_serve_passes_the_tool_call_parser_on(monkeypatch, capsys):
+    import tideflow.serve.launcher as launcher
+
+    given = {}
+    monkeypatch.setattr(launcher, "serve_forever", lambda config, **where: given.update(config) or 0)
+    assert main(["serve", "--tool-call-parser", "hermes"]) == 0
+    assert given["tool_call_parser"] == "hermes"
+    assert main(["serve"]) == 0 and given["tool_call_parser"] is None
+    with pytest.raises(SystemExit):
+        main(["serve", "--tool-call-parser", "mistral"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_unknown_command_exits_with_usage(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])

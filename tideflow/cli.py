@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
         "max_ongoing_requests": args.max_ongoing_requests,
         "max_queued_requests": args.max_queued_requests,
         "health_check_period_s": args.health_check_period_s,
+        "tool_call_parser": args.tool_call_parser,
         "engine_options": engine_options(args),
     }
     try:
@@ -157,6 +158,7 @@ def _run_inprocess(compiled, prompts, params):
 def build_parser() -> argparse.ArgumentParser:
     from tideflow.batch.run import DEFAULT_BATCHES_PER_ACTOR
     from tideflow.engine_args import add_engine_args
+    from tideflow.serve.tool_parsers import TOOL_PARSERS
 
     parser = argparse.ArgumentParser(prog="tideflow", description="Serve and batch-run LLMs on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queued-requests", type=int, default=64, help="per replica: requests waiting; then 429")
     serve.add_argument("--health-check-period-s", type=float, default=10.0,
                        help="seconds between Serve's health checks; 3 failed ones (a dead stage) replace the replica")
+    serve.add_argument("--tool-call-parser", default=None, choices=sorted(TOOL_PARSERS),
+                       help='how tool_choice "auto" finds tool calls in a reply (without one, "auto" is refused)')
     add_engine_args(serve)
     serve.set_defaults(func=_serve)
 

@@ -14,6 +14,9 @@ from .conftest import run
 GOOD = {"prompt": "def fibonacci(n):", "max_tokens": 8, "temperature": 0}
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
 LONG_TEXT = "x = 1\n" * 2000  # far past the tiny model's 1024 tokens
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 
 # (case, path, body (dict -> JSON; str/bytes -> sent raw), content type, status, error param)
 CASES = [
@@ -124,6 +127,44 @@ CASES = [
     ("response_format and structured_outputs", "chat/completions",
      {**CHAT, "response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}}, None, 400,
      "structured_outputs"),
+    ("tools a dict", "chat/completions", {**CHAT, "tools": TOOL}, None, 400, "tools"),
+    ("tool without a function", "chat/completions", {**CHAT, "tools": [{"type": "function"}]}, None, 400, "tools"),
+    ("tool of another type", "chat/completions", {**CHAT, "tools": [{**TOOL, "type": "retrieval"}]}, None, 400,
+     "tools"),
+    ("tool parameters a string", "chat/completions",
+     {**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]}, None, 400, "tools"),
+    ("tool name missing", "chat/completions", {**CHAT, "tools": [{"type": "function", "function": {}}]}, None, 400,
+     "tools"),
+    ("tool declared twice", "chat/completions", {**CHAT, "tools": [TOOL, TOOL], "tool_choice": "required"}, None,
+     400, "tools"),
+    ("tool_choice required without tools", "chat/completions", {**CHAT, "tool_choice": "required"}, None, 400,
+     "tool_choice"),
+    ("tool_choice named without tools", "chat/completions", {**CHAT, "tool_choice": NAMED}, None, 400, "tool_choice"),
+    ("tool_choice names an unknown function", "chat/completions",
+     {**CHAT, "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "send_mail"}}}, None, 400,
+     "tool_choice"),
+    ("tool_choice an unknown word", "chat/completions", {**CHAT, "tools": [TOOL], "tool_choice": "always"}, None,
+     400, "tool_choice"),
+    ("tool_choice auto without a parser", "chat/completions", {**CHAT, "tools": [TOOL], "tool_choice": "auto"},
+     None, 400, "tool_choice"),
+    ("tools (so auto) without a parser", "chat/completions", {**CHAT, "tools": [TOOL]}, None, 400, "tool_choice"),
+    ("parallel_tool_calls a string", "chat/completions",
+     {**CHAT, "tools": [TOOL], "tool_choice": "required", "parallel_tool_calls": "no"}, None, 400,
+     "parallel_tool_calls"),
+    ("history call arguments not JSON", "chat/completions",
+     {**CHAT, "messages": [*CHAT["messages"], {"role": "assistant", "content": None, "tool_calls": [
+         {**CALL, "function": {"name": "get_weather", "arguments": "{city: Paris"}}]}]}, None, 400, "messages"),
+    ("history call without an id", "chat/completions",
+     {**CHAT, "messages": [*CHAT["messages"], {"role": "assistant", "tool_calls": [{"function": CALL["function"]}]}]},
+     None, 400, "messages"),
+    ("tool_choice required with response_format", "chat/completions",
+     {**CHAT, "tools": [TOOL], "tool_choice": "required", "response_format": {"type": "json_object"}}, None, 400,
+     "tool_choice"),
+    ("tool parameters schema does not compile", "chat/completions",
+     {**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nosuch"}}}],
+      "tool_choice": "required"}, None, 400, "tools"),
+    ("tool_calls on a user message", "chat/completions",
+     {**CHAT, "messages": [{"role": "user", "content": "hi", "tool_calls": [CALL]}]}, None, 400, "messages"),
     ("unknown model", "completions", {**GOOD, "model": "gpt-17"}, None, 404, "model"),
     ("unknown model (chat)", "chat/completions", {**CHAT, "model": "gpt-17"}, None, 404, "model"),
 ]

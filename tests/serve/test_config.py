@@ -17,6 +17,8 @@ def test_args_are_checked_and_resolved(tiny_model_dir):
     assert (config.num_replicas, config.max_queued_requests, config.served_model_name) == (2, 0, "llama")
     assert (config.health_check_period_s, config.health_check_timeout_s) == (0.5, 30.0)
     assert ServeConfig.from_args({"model": model, "served_model_name": "m"}).resolved().served_model_name == "m"
+    assert ServeConfig.from_args({"model": model}).tool_call_parser is None
+    assert ServeConfig.from_args({"tool_call_parser": "llama3_json"}).tool_call_parser == "llama3_json"
     for bad, needle in [
         ({"modle": model}, "unknown serve argument"),
         ({"graph": "ring"}, "graph must be"),
@@ -27,6 +29,7 @@ def test_args_are_checked_and_resolved(tiny_model_dir):
         ({"health_check_period_s": 0}, "health_check_period_s must be a positive number"),
         ({"health_check_timeout_s": "soon"}, "health_check_timeout_s"),
         ({"health_check_period_s": float("inf")}, "health_check_period_s"),
+        ({"tool_call_parser": "mistral"}, "tool_call_parser must be one of"),
     ]:
         with pytest.raises(ValueError, match=needle):
             ServeConfig.from_args(bad)

@@ -9,7 +9,9 @@ Endpoints: `POST /v1/completions`, `POST /v1/chat/completions` (SSE with `stream
   (what `tideflow serve` and `tideflow demo` use).
 
 Modules: `config` (ServeConfig), `protocol` (request bodies), `prepare` (validation ->
-SamplingParams), `responses` (OpenAI response / chunk rendering), `errors`, `admission`
+SamplingParams), `tools` (tools and tool_choice -> the template's tools, a constraint, a parser),
+`tool_parsers/` (tool calls found in replies), `responses` (OpenAI response / chunk rendering),
+`tool_responses` (tool calls in responses and chunks), `errors`, `admission`
 (bounded in-flight requests, 429), `metrics`, `server` (the replica's server and HTTP app),
 `deployment` (the Serve deployment, `build_app`), `launcher`.
 Importing this package loads neither ray nor torch.

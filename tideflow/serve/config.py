@@ -51,6 +51,10 @@ class ServeConfig:
     # stage) it replaces the replica, and with it the graph --
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 30.0
+    # -- how replies are read --
+    # the parser that finds tool calls in a reply for tool_choice "auto" (a name in
+    # tideflow.serve.tool_parsers.TOOL_PARSERS: hermes, llama3_json); None: "auto" is a 400
+    tool_call_parser: str | None = None
 
     def __post_init__(self):
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
@@ -80,6 +84,11 @@ class ServeConfig:
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise ValueError(f"{field_name} must be a positive number of seconds, got {value!r}")
+        if self.tool_call_parser is not None:
+            from tideflow.serve.tool_parsers import TOOL_PARSERS
+
+            if self.tool_call_parser not in TOOL_PARSERS:
+                raise ValueError(f"tool_call_parser must be one of {sorted(TOOL_PARSERS)}, got {self.tool_call_parser!r}")
 
     @property
     def graph_is_builtin(self) -> bool:

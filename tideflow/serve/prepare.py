@@ -21,6 +21,7 @@ from tideflow.serve.images import image_from_url
 from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.protocol import ChatCompletionRequest, CompletionRequest
 from tideflow.serve.response_format import request_constraint
+from tideflow.serve.tools import ToolPlan, template_tool_calls, tool_plan
 
 MAX_N = 128  # completions per prompt
 MAX_LOGPROBS = 20  # top logprobs per token
@@ -45,6 +46,7 @@ class Prepared:
     # completions with echo and max_tokens 0: only the prompt (and, with logprobs, its logprobs)
     # comes back; the one token the graph generates is dropped, as vLLM does
     echo_only: bool = False
+    tools: ToolPlan | None = None  # chat with tools: how the output is constrained and read as tool calls
 
 
 def check_model(name: str | None, info: ModelInfo) -> None:
@@ -75,10 +77,10 @@ def prepare_completion(req: CompletionRequest, info: ModelInfo) -> Prepared:
                     req.return_tokens_as_token_ids, echo_only)
 
 
-def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
+def prepare_chat(req: ChatCompletionRequest, info: ModelInfo, tool_parser: str | None = None) -> Prepared:
+    """`tool_parser`: the server's --tool-call-parser (what tool_choice "auto" reads calls with)."""
     check_model(req.model, info)
-    if req.tools:
-        raise bad_request("'tools' are not supported", "tools", code="unsupported_parameter")
+    tools = tool_plan(req, tool_parser)
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     images: list[bytes] = []
@@ -86,7 +88,7 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
     if not messages:
         raise bad_request("'messages' must not be empty", "messages")
     try:
-        text, ids = info.prompts.encode_chat(messages)
+        text, ids = info.prompts.encode_chat(messages, tools=list(tools.tools) if tools else None)
     except Exception as exc:  # noqa: BLE001  (a template that rejects the conversation)
         raise bad_request(f"the chat template rejected the messages: {exc}", "messages") from None
     num_tokens = len(ids) + len(images) * (info.tokens_per_image - 1)  # each placeholder expands
@@ -95,12 +97,14 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo) -> Prepared:
     if max_tokens is None:
         param, max_tokens = "max_tokens", req.max_tokens
     params = _sampling(req, info, [num_tokens], max_tokens, param, top, "top_logprobs", "messages", max_tokens is None)
+    if tools is not None:
+        params = tools.sampling(params)
     # templated and tokenized here, once: the graph's tokenizer stage passes the ids through
     prompt = {"messages": messages, "prompt": text, "prompt_token_ids": ids}
     if images:
         prompt["multi_modal_data"] = {"image": images}
     return Prepared([prompt], [""], [num_tokens], params, req.stream, _include_usage(req), top,
-                    False, req.return_tokens_as_token_ids)
+                    False, req.return_tokens_as_token_ids, tools=tools)
 
 
 # -- prompts ----------------------------------------------------------------------------------
@@ -137,7 +141,8 @@ def completion_prompts(prompt, info: ModelInfo, param: str = "prompt") -> tuple[
 
 def chat_message(i: int, m, info: ModelInfo, images: list[bytes]) -> dict:
     """One message with string content: text parts joined by newlines, each `image_url` part
-    replaced by the model's image placeholder (its image appended to `images`)."""
+    replaced by the model's image placeholder (its image appended to `images`); an assistant's
+    `tool_calls` and a tool reply's `tool_call_id` kept for the template."""
     content = m.content
     if isinstance(content, list):
         parts = []
@@ -161,7 +166,14 @@ def chat_message(i: int, m, info: ModelInfo, images: list[bytes]) -> dict:
         if m.role != "assistant":
             raise bad_request(f"messages[{i}]: 'content' is required", "messages", code="missing_required_parameter")
         content = ""
-    return {"role": m.role, "content": content}
+    message = {"role": m.role, "content": content}
+    if m.tool_calls is not None:
+        if m.role != "assistant":
+            raise bad_request(f"messages[{i}]: only assistant messages carry 'tool_calls'", "messages")
+        message["tool_calls"] = template_tool_calls(i, m.tool_calls)
+    if m.tool_call_id is not None:
+        message["tool_call_id"] = m.tool_call_id
+    return message
 
 
 # -- sampling ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ Unknown fields are ignored, as vLLM and OpenAI do. Range checks (temperature >= 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -99,10 +99,49 @@ class ContentPart(_Body):
     image_url: ImageURL | None = None  # type "image_url"
 
 
+class ToolCallFunction(_Body):
+    name: str
+    arguments: str  # the arguments' JSON text
+
+
+class ToolCall(_Body):
+    """A call an assistant message made (in the history a client sends back)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(_Body):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # role "assistant": the calls it made (content may be null)
+    tool_call_id: str | None = None  # role "tool": the call this message answers
+
+
+class FunctionDefinition(_Body):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # JSON schema of the arguments; None -> an object of anything
+    # accepted and ignored: required/named choices always hold to the schema (a grammar), "auto" never does
+    strict: bool | None = None
+
+
+class ChatTool(_Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    """`tool_choice` naming the one function the reply must call."""
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_Sampling):
@@ -111,7 +150,10 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
-    tools: list[Any] | None = None  # not supported: must be empty
+    tools: list[ChatTool] | None = None  # functions the model may call (given to the chat template)
+    # None -> "auto" with tools, else "none" (tideflow.serve.tools)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True  # False: at most one call per reply
 
 
 class TokenizeCompletionRequest(_Body):
@@ -128,6 +170,7 @@ class TokenizeChatRequest(_Body):
 
     model: str | None = None
     messages: list[ChatMessage]
+    tools: list[ChatTool] | None = None  # given to the chat template, as in a chat request
     add_generation_prompt: bool = True
     add_special_tokens: bool = False  # the template already places them
     return_token_strs: bool = False

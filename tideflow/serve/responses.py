@@ -16,6 +16,7 @@ from tideflow.outputs import CompletionOutput, RequestOutput
 from tideflow.runtime.dataflow.collector import CompletionDelta, OutputDelta
 from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.prepare import Prepared
+from tideflow.serve.tool_responses import ToolCallStream, tool_message
 
 
 def new_id(kind: str) -> str:
@@ -147,11 +148,14 @@ def chat_response(prep: Prepared, info: ModelInfo, outputs: list[RequestOutput])
         logprobs = None
         if prep.top_logprobs is not None:
             logprobs = chat_logprobs(c, 0, prep.top_logprobs, info, prep.tokens_as_ids)
+        message, finish = {"role": "assistant", "content": c.text}, c.finish_reason
+        if prep.tools is not None and prep.tools.reads_calls:
+            message, finish = tool_message(prep.tools, c.text, c.finish_reason)
         choices.append({
             "index": c.index,
-            "message": {"role": "assistant", "content": c.text},
+            "message": message,
             "logprobs": logprobs,
-            "finish_reason": c.finish_reason,
+            "finish_reason": finish,
             "stop_reason": c.stop_reason,
         })
     response = {"id": new_id("chat"), "object": "chat.completion", "created": int(time.time()), "model": info.name,
@@ -176,6 +180,9 @@ class Stream:
         self.done: set[int] = set()  # choice indices whose finish_reason was sent
         self.prompt_tokens = list(prep.num_prompt_tokens)  # per prompt, as the graph counted them once known
         self.completion_tokens = 0  # over every choice
+        # chat with tools: each choice's text goes through a tool parser (choice index -> its stream)
+        self.reads_calls = kind == "chat" and prep.tools is not None and prep.tools.reads_calls
+        self.tool_streams: dict[int, ToolCallStream] = {}
 
     def _chunk(self, choices: list[dict], usage_: dict | None = None) -> dict:
         chunk = {"id": self.id, "object": self.object, "created": self.created, "model": self.info.name,
@@ -200,17 +207,19 @@ class Stream:
 
     def update(self, prompt_index: int, delta: OutputDelta) -> list[dict]:
         """Chunks for what prompt `prompt_index`'s output gained (the collector's delta, as it
-        came: its new text, tokens and logprobs are what the chunks carry)."""
+        came: its new text, tokens and logprobs are what the chunks carry). With tools a choice
+        may need several chunks (content, a call's opening, its arguments): chunk k carries the
+        k-th entry of each choice that has one."""
         if delta.prompt_token_ids:
             self.prompt_tokens[prompt_index] = len(delta.prompt_token_ids)
         prep, n = self.prep, self.prep.params.n
         base = len(prep.prompt_texts[prompt_index]) if prep.echo else 0  # echoed characters before the text
-        choices = []
+        choices = []  # per choice: its entries, one per chunk
         if prep.echo and prep.top_logprobs is not None and delta.prompt_logprobs is not None:
             echoed = prompt_logprobs(prep.prompts[prompt_index]["prompt_token_ids"], delta.prompt_logprobs, prep.top_logprobs,
                                      self.info, prep.tokens_as_ids)
-            choices += [{"index": prompt_index * n + i, "text": prep.prompt_texts[prompt_index], "logprobs": echoed,
-                         "finish_reason": None} for i in range(n)]
+            choices += [[{"index": prompt_index * n + i, "text": prep.prompt_texts[prompt_index], "logprobs": echoed,
+                          "finish_reason": None}] for i in range(n)]
         for c in delta.completions:
             index = prompt_index * n + c.index
             if index in self.done:
@@ -224,17 +233,39 @@ class Stream:
             elif top is not None:
                 logprobs = completion_logprobs(c, 0, base + chars, top, self.info, as_ids)
             choice = {"index": index, "logprobs": logprobs, "finish_reason": c.finish_reason}
-            if self.kind == "chat":
-                choice["delta"] = {"content": c.text} if c.text or c.finish_reason is None else {}
-            else:
-                choice["text"] = c.text
             if c.finish_reason is not None:
                 choice["stop_reason"] = c.stop_reason
                 self.done.add(index)
             self.sent[index] = (chars + len(c.text), toks + len(c.token_ids))
             self.completion_tokens += len(c.token_ids)
-            choices.append(choice)
-        return [self._chunk(choices)] if choices else []
+            if self.reads_calls:
+                choices.append(self._tool_entries(index, c.text, choice))
+                continue
+            if self.kind == "chat":
+                choice["delta"] = {"content": c.text} if c.text or c.finish_reason is None else {}
+            else:
+                choice["text"] = c.text
+            choices.append([choice])
+        rounds = max(map(len, choices), default=0)
+        return [self._chunk([entries[k] for entries in choices if k < len(entries)]) for k in range(rounds)]
+
+    def _tool_entries(self, index: int, text: str, choice: dict) -> list[dict]:
+        """`choice` (a chunk's entry, without its delta) as one entry per delta that the
+        choice's tool parser lets out of `text`: the logprobs on the first, the finish on the last."""
+        stream = self.tool_streams.get(index)
+        if stream is None:
+            stream = self.tool_streams[index] = ToolCallStream(self.prep.tools)
+        final = choice["finish_reason"] is not None
+        deltas = stream.deltas(text, final)
+        if not deltas and (final or choice["logprobs"] is not None):
+            deltas = [{}]
+        entries = [{"index": index, "logprobs": None, "finish_reason": None, "delta": d} for d in deltas]
+        if entries:
+            entries[0]["logprobs"] = choice["logprobs"]
+            if final:
+                entries[-1].update(finish_reason=stream.finish_reason(choice["finish_reason"]),
+                                   stop_reason=choice["stop_reason"])
+        return entries
 
     def closing(self) -> list[dict]:
         """The usage chunk, when the client asked for it."""

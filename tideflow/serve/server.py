@@ -93,7 +93,8 @@ class OpenAIServer:
         body = await _read_json(request)
         try:
             if kind == "chat":
-                prep = prepare_chat(ChatCompletionRequest.model_validate(body, strict=True), self.info)
+                prep = prepare_chat(ChatCompletionRequest.model_validate(body, strict=True), self.info,
+                                    self.config.tool_call_parser)
             else:
                 prep = prepare_completion(CompletionRequest.model_validate(body, strict=True), self.info)
         except ValidationError as exc:

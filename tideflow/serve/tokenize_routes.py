@@ -2,7 +2,7 @@
 tokenizer and chat template, without the graph.
 
 /tokenize takes a completion prompt ({prompt, add_special_tokens}) or a conversation
-({messages, add_generation_prompt, add_special_tokens}) and returns {count, max_model_len,
+({messages, tools, add_generation_prompt, add_special_tokens}) and returns {count, max_model_len,
 tokens} (and token_strs when asked); /detokenize takes {tokens} and returns {prompt}.
 """
 
@@ -23,8 +23,9 @@ def tokenize(body: dict, info: ModelInfo) -> dict:
     check_model(req.model, info)
     if isinstance(req, TokenizeChatRequest):
         messages = [chat_message(i, m, info, []) for i, m in enumerate(req.messages)]
+        tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
         try:
-            text = info.prompts.render_chat(messages, add_generation_prompt=req.add_generation_prompt)
+            text = info.prompts.render_chat(messages, add_generation_prompt=req.add_generation_prompt, tools=tools)
         except Exception as exc:  # noqa: BLE001  (a template that rejects the conversation)
             raise bad_request(f"the chat template rejected the messages: {exc}", "messages") from None
     else:

@@ -19,7 +19,8 @@ from tideflow.runtime.engine.core.sequence import check_prompt_ids
 from tideflow.sampling_params import SamplingParams
 
 # "text" | {"prompt": "text"} | {"prompt_token_ids": [...]} | {"messages": [{"role", "content"}, ...]};
-# a dict may add "multi_modal_data": {"image": [PIL images or encoded bytes]}
+# a dict may add "multi_modal_data": {"image": [PIL images or encoded bytes]}; one with "messages"
+# may add "tools": [{"type": "function", "function": {...}}] (the template's `tools`)
 PromptType = str | dict[str, Any]
 
 
@@ -117,23 +118,25 @@ class PromptProcessor:
         return [list(ids) for ids in self.tokenizer(texts)["input_ids"]]
 
     def render_chat(self, messages: list[dict], *, add_generation_prompt: bool = True,
-                    chat_template: str | None = None) -> str:
+                    chat_template: str | None = None, tools: list[dict] | None = None) -> str:
         """A conversation as text, through the given chat template, else this processor's, else
-        the tokenizer's. A template that fails (its `raise_exception` included) is a ValueError."""
+        the tokenizer's; `tools` become the template's `tools` (function schemas in OpenAI's
+        shape). A template that fails (its `raise_exception` included) is a ValueError."""
         from jinja2 import TemplateError
 
         try:
             return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                chat_template=chat_template if chat_template is not None else self.chat_template,
+                chat_template=chat_template if chat_template is not None else self.chat_template, tools=tools,
             )
         except TemplateError as exc:  # a transformers tokenizer's template failed
             raise ValueError(f"chat template: {exc}") from exc
 
     def encode_chat(self, messages: list[dict], *, add_generation_prompt: bool = True,
-                    chat_template: str | None = None) -> tuple[str, list[int]]:
+                    chat_template: str | None = None, tools: list[dict] | None = None) -> tuple[str, list[int]]:
         """A conversation's templated text and its ids (the template holds the special tokens)."""
-        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt, chat_template=chat_template)
+        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt, chat_template=chat_template,
+                                tools=tools)
         return text, self.tokenizer.encode(text, add_special_tokens=False)
 
     def process(self, prompt: PromptType) -> Prompt:
@@ -146,7 +149,7 @@ class PromptProcessor:
             if prompt.get("prompt_token_ids") is not None:
                 return Prompt(prompt.get("prompt"), list(prompt["prompt_token_ids"]), images)
             if prompt.get("messages") is not None:
-                text, ids = self.encode_chat(prompt["messages"])
+                text, ids = self.encode_chat(prompt["messages"], tools=prompt.get("tools"))
                 return Prompt(text, ids, images)
             if prompt.get("prompt") is not None:
                 return Prompt(prompt["prompt"], self._encode_nonempty(prompt["prompt"]), images)
