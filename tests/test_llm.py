@@ -98,6 +98,29 @@ def test_chat_applies_the_template(llm):
     assert direct.outputs[0].token_ids == out.outputs[0].token_ids
 
 
+def test_chat_gives_tools_to_the_template_and_can_hold_the_reply_to_a_call(tiny_model_dir):
+    from tests.serve.tool_chat import QWEN25_TOOLS_TEMPLATE, TOOLS
+
+    llm = LLM(tiny_model_dir("llama"), dtype="float32", max_model_len=1024, num_kv_blocks=80)  # tools make long prompts
+
+    messages = [{"role": "user", "content": "Weather in Rome?"}]
+    city = {"type": "object", "required": ["city"], "additionalProperties": False,  # bounded: it must finish
+            "properties": {"city": {"enum": ["Paris", "Rome", "Oslo"]}}}
+    call_schema = {"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
+                   "properties": {"name": {"const": "get_weather"}, "arguments": city}}
+    params = SamplingParams(temperature=0, max_tokens=48, structured_outputs={"json": call_schema})
+    out = llm.chat(messages, params, chat_template=QWEN25_TOOLS_TEMPLATE, tools=TOOLS, use_tqdm=False)[0]
+    expected = llm.get_tokenizer().apply_chat_template(messages, tools=TOOLS, chat_template=QWEN25_TOOLS_TEMPLATE,
+                                                       tokenize=False, add_generation_prompt=True)
+    assert out.prompt == expected and '"name": "get_weather"' in out.prompt
+    import json
+
+    import jsonschema
+
+    assert out.outputs[0].finish_reason == "stop"  # the call's JSON completed
+    jsonschema.validate(json.loads(out.outputs[0].text), call_schema)
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [

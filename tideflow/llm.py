@@ -96,14 +96,18 @@ class LLM:
         *,
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        tools: list[dict] | None = None,
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
-        """Apply the tokenizer's chat template to one conversation or a list of them, then generate."""
+        """Apply the tokenizer's chat template to one conversation or a list of them, then generate.
+        `tools` (OpenAI's function tools) reach the template as its `tools` variable, as vLLM's
+        `LLM.chat(tools=...)`; the output is the model's text (parse calls from it yourself, or
+        constrain it with `structured_outputs`)."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         prompts = []
         for conv in conversations:
             text, ids = self.prompts.encode_chat(
-                conv, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+                conv, add_generation_prompt=add_generation_prompt, chat_template=chat_template, tools=tools
             )
             prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
