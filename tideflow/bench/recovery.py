@@ -9,7 +9,8 @@ Throughput: the same seeded trace through the disaggregated graph deployed with
 (SIGKILL-like `ray.kill(no_restart=False)`) once every stream has output; per kill, the time
 until the restarted replica answers (restored and replaying) and the longest pause any stream
 saw across the kill (the streams the killed replica held wait for its restart; the others
-should not pause).
+should not pause), and the distribution of every inter-chunk gap of every stream of the round
+(`gap_max_s`, `gap_p99_s`, over all kills): what a client sees of a kill.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import sys
 import time
@@ -66,7 +68,7 @@ def recovery_times(model: str, kills: int, count: int, max_tokens: int) -> dict:
 
     prompts, params = _trace(count, max_tokens, seed=1)
     handle = disaggregated(model, prefill=1, decode=2, dtype="float32", name="bench-kill").deploy(checkpoint_interval=1.0)
-    restart_s, pause_s, restore_s, parts = [], [], [], []
+    restart_s, pause_s, restore_s, parts, gaps = [], [], [], [], []
     try:
         handle.generate(prompts[:2], params[:2])
         for k in range(kills):
@@ -92,18 +94,35 @@ def recovery_times(model: str, kills: int, count: int, max_tokens: int) -> dict:
 
             t0, restart, restore, part = asyncio.run(run())
             pause = max((b - a for s in stamps for a, b in zip(s, s[1:]) if a <= t0 <= b), default=0.0)
+            round_gaps = stream_gaps(stamps)
+            gaps += round_gaps
             restart_s.append(restart)
             pause_s.append(pause)
             restore_s.append(restore)
             parts.append(part)
             print(f"  kill {k + 1}: replica back after {restart:.2f} s (of which restore + log read {restore:.3f} s); "
-                  f"longest stream pause {pause:.2f} s", flush=True)
+                  f"longest stream pause {pause:.2f} s; inter-chunk gaps max {max(round_gaps, default=0):.3f} s, "
+                  f"p99 {percentile(round_gaps, 99):.3f} s", flush=True)
             print("    " + ", ".join(f"{name} {value:.2f} s" for name, value in part.items()), flush=True)
     finally:
         handle.shutdown()
     return {"restart_s": restart_s, "pause_s": pause_s, "restore_s": restore_s, "parts": parts,
             "restart_median_s": statistics.median(restart_s), "pause_median_s": statistics.median(pause_s),
-            "restore_median_s": statistics.median(restore_s)}
+            "restore_median_s": statistics.median(restore_s),
+            "gap_max_s": max(gaps, default=0.0), "gap_p99_s": percentile(gaps, 99), "gap_p50_s": percentile(gaps, 50)}
+
+
+def stream_gaps(stamps: list[list[float]]) -> list[float]:
+    """Every gap between two consecutive chunks of the same stream (seconds)."""
+    return [b - a for s in stamps for a, b in zip(s, s[1:])]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of `values`; 0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def startup_parts(startup: dict, killed_at: float, restart: float) -> dict:
@@ -147,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     # long outputs, so that the streams are still running when the replica is killed
     rec = recovery_times(model, args.kills, args.requests // 2, args.max_tokens * 8)
     print(f"  median: replica back {rec['restart_median_s']:.2f} s, stream pause {rec['pause_median_s']:.2f} s")
+    print(f"  inter-chunk gaps over all kills: max {rec['gap_max_s']:.3f} s, p99 {rec['gap_p99_s']:.3f} s, "
+          f"p50 {rec['gap_p50_s']:.3f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"throughput": tp, "recovery": rec}, f, indent=2)
