@@ -21,9 +21,10 @@ from tideflow.runtime.dataflow.delta_streams import DeltaStreams
 from tideflow.runtime.dataflow.collector import OutputDelta, RequestError, copy_output, empty_output
 from tideflow.runtime.dataflow.ingress import normalize, request_batch, request_row
 from tideflow.runtime.dataflow.wiring import Wiring
-from tideflow.runtime.parallel.placement import release, replica_placement
+from tideflow.runtime.parallel.placement import check_capacity, release, replica_placement, stage_demand, wait_placed
 
 NAMESPACE = "tideflow"
+DEFAULT_PLACEMENT_TIMEOUT_S = 30.0  # how long a replica may wait for resources before deploy gives up
 
 
 def coordinator_name(graph: str) -> str:
@@ -44,6 +45,7 @@ def deploy(
     max_restarts: int | None = None,
     faults=(),
     request_log: str | None = None,
+    placement_timeout: float = DEFAULT_PLACEMENT_TIMEOUT_S,
 ) -> "GraphHandle":
     """Start `graph` on Ray and return its handle. `address` joins an existing cluster
     ("auto" or "ray://..."); None starts a local Ray instance unless one is running.
@@ -55,7 +57,12 @@ def deploy(
     removed at shutdown); a crashed replica is restarted up to `max_restarts` times and
     replays its log, and every request completes exactly once. `recovery=False` (with
     `checkpoint_dir=None`) turns it off, for benchmarks. `faults` (FaultSpec) crash chosen
-    replicas on purpose, for tests."""
+    replicas on purpose, for tests.
+
+    A graph the cluster cannot place never hangs the deploy (docs/reliability.md fault 11):
+    when its stages ask, in all, for more than the cluster has, PlacementError (a ValueError)
+    names them before anything starts; a replica that waits for resources longer than
+    `placement_timeout` seconds (other actors hold them) stops the deploy with an error naming it."""
     import ray
 
     from tideflow.runtime.dataflow.collector_actor import CollectorActor
@@ -65,6 +72,8 @@ def deploy(
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, **(ray_init or {}))
     compiled = graph.compile() if hasattr(graph, "compile") else graph
+    demands = [stage_demand(spec, compiled.configs[spec.name].experts) for spec in compiled.stages]
+    check_capacity(compiled.name, demands, ray.cluster_resources())
     config = recovery_config(compiled.name, recovery, checkpoint_dir, checkpoint_interval, checkpoint_batches, max_restarts, faults)
     for spec in compiled.stages:
         for i in range(spec.replicas):
@@ -93,9 +102,12 @@ def deploy(
         f"{stage}/{i}": launcher.wiring(stage, actors, collector)
         for stage, handles in actors.items() for i in handles
     }
-    refs = [actors[name.split("/")[0]][int(name.split("/")[1])].connect.remote(w) for name, w in wirings.items()]
-    try:
-        ray.get(refs)  # also surfaces constructor failures (bad model path ...)
+    flat = _flat(actors)
+    refs = [flat[name].connect.remote(w) for name, w in wirings.items()]
+    asks = {spec.name: {"CPU": spec.num_cpus, "GPU": spec.num_gpus, **spec.resources_dict} for spec in compiled.stages}
+    try:  # also surfaces constructor failures (bad model path ...)
+        wait_placed(refs, [flat[n] for n in wirings], [f"replica {compiled.name}/{n}" for n in wirings],
+                    [asks[n.split("/")[0]] for n in wirings], placement_timeout)
     except Exception:
         for stage, handles in actors.items():
             for i, a in handles.items():
