@@ -58,6 +58,10 @@ class Router:
     def mark_dead(self, replica: int) -> None:
         self.dead.add(replica)
 
+    def revive(self, replica: int) -> None:
+        """A replica found dead is serving again (restarted): it may be picked again."""
+        self.dead.discard(replica)
+
     def _alive(self) -> list[int]:
         alive = [r for r in range(self.num_replicas) if r not in self.dead]
         return alive or list(range(self.num_replicas))
