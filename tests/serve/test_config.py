@@ -17,6 +17,8 @@ def test_args_are_checked_and_resolved(tiny_model_dir):
     assert (config.num_replicas, config.max_queued_requests, config.served_model_name) == (2, 0, "llama")
     assert (config.health_check_period_s, config.health_check_timeout_s) == (0.5, 30.0)
     assert ServeConfig.from_args({"model": model, "served_model_name": "m"}).resolved().served_model_name == "m"
+    assert config.migration_limit is None  # each stage's own, else the default
+    assert ServeConfig.from_args({"model": model, "migration_limit": "0"}).migration_limit == 0  # off
     for bad, needle in [
         ({"modle": model}, "unknown serve argument"),
         ({"graph": "ring"}, "graph must be"),
@@ -27,6 +29,8 @@ def test_args_are_checked_and_resolved(tiny_model_dir):
         ({"health_check_period_s": 0}, "health_check_period_s must be a positive number"),
         ({"health_check_timeout_s": "soon"}, "health_check_timeout_s"),
         ({"health_check_period_s": float("inf")}, "health_check_period_s"),
+        ({"migration_limit": -1}, "migration_limit must be an integer >= 0"),
+        ({"migration_limit": 1.5}, "migration_limit must be an integer >= 0"),
     ]:
         with pytest.raises(ValueError, match=needle):
             ServeConfig.from_args(bad)

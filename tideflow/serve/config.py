@@ -51,6 +51,10 @@ class ServeConfig:
     # stage) it replaces the replica, and with it the graph --
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 30.0
+    # -- faults: how often one request may move to a live replica when the one holding it dies
+    # (request migration: decode or engine replicas, 2+ of them); past it the request fails.
+    # None: each stage's own `migration_limit` (else 3); 0: off --
+    migration_limit: int | None = None
 
     def __post_init__(self):
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
@@ -80,6 +84,9 @@ class ServeConfig:
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise ValueError(f"{field_name} must be a positive number of seconds, got {value!r}")
+        limit = self.migration_limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"migration_limit must be an integer >= 0, got {limit!r}")
 
     @property
     def graph_is_builtin(self) -> bool:
@@ -94,7 +101,7 @@ class ServeConfig:
         unknown = set(args) - names
         if unknown:
             raise ValueError(f"unknown serve argument(s) {sorted(unknown)}; known: {sorted(names)}")
-        for name in _LOWER_BOUNDS:
+        for name in (*_LOWER_BOUNDS, "migration_limit"):
             if isinstance(args.get(name), str) and args[name].strip().isdigit():
                 args[name] = int(args[name])
         for name in _POSITIVE_SECONDS:

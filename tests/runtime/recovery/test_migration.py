@@ -182,3 +182,21 @@ def test_the_resume_column_takes_the_clients_progress_and_the_seeds_the_replica_
     engine_row = {"request_id": "r", "resume": [{"index": 1, "sampling_seed": 9}]}
     assert resume_of(engine_row, progress) == [{**progress[0], "sampling_seed": None}, {**progress[1], "sampling_seed": 9}]
     assert resume_of(engine_row, [{**progress[0], "finished": True}, progress[1]]) is None
+
+
+def test_which_stages_migrate_and_how_often_a_request_may_move(model):
+    from tideflow.graphs.builtin import colocated, disaggregated
+    from tideflow.runtime.dataflow.executor import migration_limits
+
+    cluster = [{"CPU": 8.0}]
+    graph = disaggregated(model, prefill=1, decode=2).compile(cluster=cluster)
+    assert migration_limits(graph) == {"decode": 3}  # decode migrates; prefill, text stages do not
+    assert migration_limits(graph, 1) == {"decode": 1} and migration_limits(graph, 0) == {}
+    own = disaggregated(model, migration_limit=5).compile(cluster=cluster)
+    assert migration_limits(own) == {"decode": 5} and migration_limits(own, 2) == {"decode": 2}  # deploy's wins
+    assert migration_limits(colocated(model, replicas=2, migration_limit=0).compile(cluster=cluster)) == {}
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="migration_limit must be an integer >= 0"):
+            migration_limits(graph, bad)
+    with pytest.raises(ValueError, match=r"stage '\w+': migration_limit must be an integer >= 0, got -2"):
+        disaggregated(model, migration_limit=-2).compile(cluster=cluster)
