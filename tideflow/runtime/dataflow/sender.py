@@ -192,7 +192,7 @@ class Sender:
             router.mark_dead(replica)
             if migrating:
                 self._resend(stage, replica, push)
-            elif push.batch is not None:  # a barrier: the coordinator aborts the checkpoint on its own
+            elif push.batch is not None:  # (a lost barrier: the coordinator aborts the checkpoint on its own)
                 self._fail(push.batch, type(exc).__name__)
             return False
         return True
