@@ -136,6 +136,8 @@ def test_serve_joins_a_cluster_runs_until_sigterm_then_shuts_down(ray_session, t
 def test_serve_rejects_bad_arguments_before_starting(capsys):
     assert main(["serve", "--model", "/no/such/model"]) == 2
     assert "no/such/model" in capsys.readouterr().err
+    assert main(["serve", "--model", "/no/such/model", "--migration-limit", "-1"]) == 2
+    assert "migration_limit must be an integer >= 0" in capsys.readouterr().err
 
 
 def test_serve_passes_the_tool_call_parser_on(monkeypatch, capsys):

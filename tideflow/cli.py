@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
         "max_queued_requests": args.max_queued_requests,
         "health_check_period_s": args.health_check_period_s,
         "tool_call_parser": args.tool_call_parser,
+        "migration_limit": args.migration_limit,
         "engine_options": engine_options(args),
     }
     try:
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", default=None, help="the model name clients send (default: its directory's)")
     serve.add_argument("--max-ongoing-requests", type=int, default=64, help="per replica: requests in the graph")
     serve.add_argument("--max-queued-requests", type=int, default=64, help="per replica: requests waiting; then 429")
+    serve.add_argument("--migration-limit", type=int, default=None, metavar="N",
+                       help="how often one request may move to a live replica when the engine or decode replica "
+                            "holding it dies (2+ replicas; past it the request fails; 0: off; default: 3)")
     serve.add_argument("--health-check-period-s", type=float, default=10.0,
                        help="seconds between Serve's health checks; 3 failed ones (a dead stage) replace the replica")
     serve.add_argument("--tool-call-parser", default=None, choices=sorted(TOOL_PARSERS),

@@ -272,6 +272,7 @@ ENGINE_OPTIONS = tuple(inspect.signature(engine_config).parameters)  # model, to
 
 
 EXPERT_PLACEMENTS = ("even", "balanced")
+DEFAULT_EXPERT_CPUS = 0.25  # Ray CPUs one expert actor asks for unless `expert_cpus` says otherwise
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,10 @@ class ExpertParallelConfig:
     # list for every layer), e.g. a previous run's `expert_tokens` stat; None: a warm-up run
     load: tuple | None = None
     warmup_tokens: int = 512  # prompt tokens of the warm-up run ("balanced" without `load`)
-    num_cpus: float = 1.0  # Ray CPUs each expert actor asks for
+    # Ray CPUs each expert actor asks for. A quarter by default: an expert actor mostly waits for
+    # its layer's rows (the engine computes attention and routing in between), so a whole CPU
+    # each would leave a small machine unable to place a few of them (issue 21)
+    num_cpus: float = DEFAULT_EXPERT_CPUS
     num_threads: int = 1  # torch threads of each expert actor
 
     def __post_init__(self):

@@ -27,3 +27,13 @@ def test_without_a_process_time_the_unknown_parts_are_nan_and_the_rest_still_kno
     parts = startup_parts(startup, killed_at=100.0, restart=5.0)
     assert math.isnan(parts["spawn"]) and math.isnan(parts["worker start"])
     assert parts["restore + rest"] == pytest.approx(1.0)
+
+
+def test_gaps_are_taken_within_each_stream_and_p99_is_a_nearest_rank():
+    from tideflow.bench.recovery import percentile, stream_gaps
+
+    stamps = [[0.0, 0.1, 0.3], [5.0], [1.0, 3.5]]
+    assert stream_gaps(stamps) == pytest.approx([0.1, 0.2, 2.5])  # never across two streams
+    assert percentile([], 99) == 0.0
+    assert percentile(list(range(1, 101)), 99) == 99 and percentile(list(range(1, 101)), 100) == 100
+    assert percentile([0.5], 50) == 0.5

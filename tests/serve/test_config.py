@@ -19,6 +19,8 @@ def test_args_are_checked_and_resolved(tiny_model_dir):
     assert ServeConfig.from_args({"model": model, "served_model_name": "m"}).resolved().served_model_name == "m"
     assert ServeConfig.from_args({"model": model}).tool_call_parser is None
     assert ServeConfig.from_args({"tool_call_parser": "llama3_json"}).tool_call_parser == "llama3_json"
+    assert config.migration_limit is None  # each stage's own, else the default
+    assert ServeConfig.from_args({"model": model, "migration_limit": "0"}).migration_limit == 0  # off
     for bad, needle in [
         ({"modle": model}, "unknown serve argument"),
         ({"graph": "ring"}, "graph must be"),
@@ -30,6 +32,8 @@ def test_args_are_checked_and_resolved(tiny_model_dir):
         ({"health_check_timeout_s": "soon"}, "health_check_timeout_s"),
         ({"health_check_period_s": float("inf")}, "health_check_period_s"),
         ({"tool_call_parser": "mistral"}, "tool_call_parser must be one of"),
+        ({"migration_limit": -1}, "migration_limit must be an integer >= 0"),
+        ({"migration_limit": 1.5}, "migration_limit must be an integer >= 0"),
     ]:
         with pytest.raises(ValueError, match=needle):
             ServeConfig.from_args(bad)

@@ -5,7 +5,11 @@ by this engine from its tokens.
 
 A sequence that arrives without its KV (replayed from the input log after a crash) or comes
 back from a snapshot is recomputed from its tokens (re-prefill) by default; with the stage
-option `checkpoint_kv` a snapshot carries each sequence's K/V and restoring adopts it."""
+option `checkpoint_kv` a snapshot carries each sequence's K/V and restoring adopts it.
+
+Migratable: when a decode replica dies, its completions come to the live ones as rows whose
+`resume` column holds what the client already has; each is recomputed from the prompt plus
+those tokens and streams on from the next row (`tideflow.actors.migration`)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from collections import deque
 import pyarrow as pa
 
 from tideflow.actors.engine_role import EngineRole
+from tideflow.actors.migration import continue_from, held_completions, progress_of
 from tideflow.actors.prefill import kv_key
 from tideflow.runtime.dataflow.role import Emission, StageContext
 from tideflow.runtime.edges import schemas
@@ -27,6 +32,7 @@ class Decode(EngineRole):
     produces = schemas.TOKENS
     routing = "least_loaded"
     holds_requests = False  # single completions, adopted: `done` and `seqs` are keyed (request_id, index)
+    migratable = True
 
     def __init__(self, context: StageContext):
         super().__init__(context)
@@ -65,6 +71,11 @@ class Decode(EngineRole):
                 self.done.add((rid, index))
                 continue
             seq.sampling_seed = row["sampling_seed"]
+            progress = progress_of(row, index)
+            if progress is not None:  # moved here from a replica that died: go on where the client is
+                continue_from(seq, progress, self.stream)
+                self._recompute(seq)
+                continue
             kv = (attachments or {}).get(kv_key(rid, index))
             if kv is None:  # replayed without its KV: recompute it from the tokens
                 self.ready += self.stream.rows([seq])  # the first token, sampled by prefill
@@ -113,6 +124,10 @@ class Decode(EngineRole):
             self.done.add((seq.request_id, seq.index))
         for rid, index in targets:
             self.stream.forget(rid, index)
+
+    @classmethod
+    def held(cls, snapshot: dict | None, logged: list[pa.RecordBatch]) -> list[dict]:
+        return held_completions(snapshot, logged)
 
     def stats(self) -> dict:
         return {**super().stats(), "num_pending_adoption": len(self.pending)}

@@ -117,6 +117,11 @@ class EngineRole(StageRole):
     def accepting(self) -> bool:
         return self.load() < self.capacity
 
+    def disown(self, targets: list[tuple[str, int | None]]) -> None:
+        self.abort(targets)
+        for request_id, index in targets:  # input for them still to come (the replayed log) is dropped
+            self.done.add(request_id if self.holds_requests else (request_id, index))
+
     def stats(self) -> dict:
         return engine_stats(self.engine)
 

@@ -55,7 +55,8 @@ class Tokenizer(StageRole):
             prompt, errors = pa.array(texts, pa.string()), pa.array(failed, pa.string())
         columns = {"request_id": batch.column("request_id"), "prompt": prompt, "prompt_token_ids": ids,
                    "sampling": batch.column("sampling"), "arrival_time": batch.column("arrival_time"),
-                   "error": errors, "images": batch.column("images")}  # the engine expands image placeholders
+                   "error": errors, "images": batch.column("images"),  # the engine expands image placeholders
+                   "resume": pa.nulls(batch.num_rows, schemas.RESUME)}
         self.pending.append(pa.RecordBatch.from_arrays([columns[f.name] for f in self.produces], schema=self.produces))
 
     def _encode(self, text: str | None, messages: str | None) -> tuple[str | None, list[int]]:

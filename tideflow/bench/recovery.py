@@ -8,8 +8,10 @@ Throughput: the same seeded trace through the disaggregated graph deployed with
 `--rounds` times. Recovery: streams run through the graph while decode replica 0 is killed
 (SIGKILL-like `ray.kill(no_restart=False)`) once every stream has output; per kill, the time
 until the restarted replica answers (restored and replaying) and the longest pause any stream
-saw across the kill (the streams the killed replica held wait for its restart; the others
-should not pause).
+saw across the kill, and the distribution of every inter-chunk gap of every stream of the round
+(`gap_max_s`, `gap_p99_s`, over all kills): what a client sees of a kill. With request
+migration (the default: decode has 2 replicas) the streams the killed replica held move to the
+live one at once; without it (`--migration-limit 0`) they wait for the restart.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import sys
 import time
@@ -58,15 +61,16 @@ def throughput(model: str, rounds: int, count: int, max_tokens: int, interval: f
     return {"tok_s_off": off, "tok_s_on": on, "ratio_on_off": on / off, "runs": results}
 
 
-def recovery_times(model: str, kills: int, count: int, max_tokens: int) -> dict:
+def recovery_times(model: str, kills: int, count: int, max_tokens: int, migration_limit: int | None = None) -> dict:
     import ray
 
     from tideflow.graphs.builtin import disaggregated
     from tideflow.runtime.dataflow.executor import NAMESPACE
 
     prompts, params = _trace(count, max_tokens, seed=1)
-    handle = disaggregated(model, prefill=1, decode=2, dtype="float32", name="bench-kill").deploy(checkpoint_interval=1.0)
-    restart_s, pause_s, restore_s, parts = [], [], [], []
+    graph = disaggregated(model, prefill=1, decode=2, dtype="float32", name="bench-kill")
+    handle = graph.deploy(checkpoint_interval=1.0, migration_limit=migration_limit)
+    restart_s, pause_s, restore_s, parts, gaps, moved = [], [], [], [], [], []
     try:
         handle.generate(prompts[:2], params[:2])
         for k in range(kills):
@@ -90,20 +94,39 @@ def recovery_times(model: str, kills: int, count: int, max_tokens: int) -> dict:
                 await asyncio.gather(*tasks)
                 return t0, restart, stats["restore_s"], startup_parts(stats["startup"], killed_at, restart)
 
+            moved_before = handle.checkpoints()["migration"]["moved"]
             t0, restart, restore, part = asyncio.run(run())
+            moved.append(handle.checkpoints()["migration"]["moved"] - moved_before)
             pause = max((b - a for s in stamps for a, b in zip(s, s[1:]) if a <= t0 <= b), default=0.0)
+            round_gaps = stream_gaps(stamps)
+            gaps += round_gaps
             restart_s.append(restart)
             pause_s.append(pause)
             restore_s.append(restore)
             parts.append(part)
             print(f"  kill {k + 1}: replica back after {restart:.2f} s (of which restore + log read {restore:.3f} s); "
-                  f"longest stream pause {pause:.2f} s", flush=True)
+                  f"longest stream pause {pause:.2f} s; inter-chunk gaps max {max(round_gaps, default=0):.3f} s, "
+                  f"p99 {percentile(round_gaps, 99):.3f} s; {moved[-1]} request(s) moved to the live replica", flush=True)
             print("    " + ", ".join(f"{name} {value:.2f} s" for name, value in part.items()), flush=True)
     finally:
         handle.shutdown()
-    return {"restart_s": restart_s, "pause_s": pause_s, "restore_s": restore_s, "parts": parts,
+    return {"restart_s": restart_s, "pause_s": pause_s, "restore_s": restore_s, "parts": parts, "moved": moved,
             "restart_median_s": statistics.median(restart_s), "pause_median_s": statistics.median(pause_s),
-            "restore_median_s": statistics.median(restore_s)}
+            "restore_median_s": statistics.median(restore_s),
+            "gap_max_s": max(gaps, default=0.0), "gap_p99_s": percentile(gaps, 99), "gap_p50_s": percentile(gaps, 50)}
+
+
+def stream_gaps(stamps: list[list[float]]) -> list[float]:
+    """Every gap between two consecutive chunks of the same stream (seconds)."""
+    return [b - a for s in stamps for a, b in zip(s, s[1:])]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of `values`; 0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def startup_parts(startup: dict, killed_at: float, restart: float) -> dict:
@@ -127,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between checkpoints in the 'on' runs")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     parser.add_argument("--skip-throughput", action="store_true", help="measure only the kills")
+    parser.add_argument("--migration-limit", type=int, default=None,
+                        help="deploy's migration_limit for the kills (0: no request migration; default: the stage's)")
     args = parser.parse_args(argv)
     model = args.model
     if model is None:
@@ -145,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ratio on/off: {tp['ratio_on_off']:.3f}")
     print("recovery after killing decode replica 0:")
     # long outputs, so that the streams are still running when the replica is killed
-    rec = recovery_times(model, args.kills, args.requests // 2, args.max_tokens * 8)
+    rec = recovery_times(model, args.kills, args.requests // 2, args.max_tokens * 8, args.migration_limit)
     print(f"  median: replica back {rec['restart_median_s']:.2f} s, stream pause {rec['pause_median_s']:.2f} s")
+    print(f"  inter-chunk gaps over all kills: max {rec['gap_max_s']:.3f} s, p99 {rec['gap_p99_s']:.3f} s, "
+          f"p50 {rec['gap_p50_s']:.3f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"throughput": tp, "recovery": rec}, f, indent=2)

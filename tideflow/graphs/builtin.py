@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from tideflow.config import DEFAULT_EXPERT_CPUS
 from tideflow.graphs.graph import Graph
 
 
@@ -125,7 +126,7 @@ def moe(
     expert_actors: int = 2,
     *,
     expert_placement: str = "even",
-    expert_cpus: float = 1.0,
+    expert_cpus: float = DEFAULT_EXPERT_CPUS,
     replicas: int = 1,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
@@ -135,8 +136,9 @@ def moe(
     """tokenizer -> engine (attention and routing; experts on `expert_actors` actors) ->
     detokenizer. `expert_placement`: "even" or "balanced" (by `expert_load`, a recorded
     `[layer][expert]` token count such as the `expert_tokens` stat of a previous run, else by
-    a warm-up). Raises ValueError naming `expert_actors` for a dense model or a count outside
-    [1, experts per layer]."""
+    a warm-up). Each expert actor asks for `expert_cpus` Ray CPUs (a quarter by default: they
+    mostly wait for their layer's rows). Raises ValueError naming `expert_actors` for a dense
+    model or a count outside [1, experts per layer]."""
     from tideflow.config import ExpertParallelConfig
 
     _check_moe(model, expert_actors, bool(engine_options.get("trust_remote_code", False)))

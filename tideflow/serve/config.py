@@ -55,6 +55,10 @@ class ServeConfig:
     # the parser that finds tool calls in a reply for tool_choice "auto" (a name in
     # tideflow.serve.tool_parsers.TOOL_PARSERS: hermes, llama3_json); None: "auto" is a 400
     tool_call_parser: str | None = None
+    # -- faults: how often one request may move to a live replica when the one holding it dies
+    # (request migration: decode or engine replicas, 2+ of them); past it the request fails.
+    # None: each stage's own `migration_limit` (else 3); 0: off --
+    migration_limit: int | None = None
 
     def __post_init__(self):
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
@@ -89,6 +93,9 @@ class ServeConfig:
 
             if self.tool_call_parser not in TOOL_PARSERS:
                 raise ValueError(f"tool_call_parser must be one of {sorted(TOOL_PARSERS)}, got {self.tool_call_parser!r}")
+        limit = self.migration_limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"migration_limit must be an integer >= 0, got {limit!r}")
 
     @property
     def graph_is_builtin(self) -> bool:
@@ -103,7 +110,7 @@ class ServeConfig:
         unknown = set(args) - names
         if unknown:
             raise ValueError(f"unknown serve argument(s) {sorted(unknown)}; known: {sorted(names)}")
-        for name in _LOWER_BOUNDS:
+        for name in (*_LOWER_BOUNDS, "migration_limit"):
             if isinstance(args.get(name), str) and args[name].strip().isdigit():
                 args[name] = int(args[name])
         for name in _POSITIVE_SECONDS:

@@ -58,7 +58,7 @@ class OpenAIServer:
     async def start(cls, config: ServeConfig, graph) -> OpenAIServer:
         """Deploy `graph` (a tideflow Graph) and read its model's limits."""
         info = await asyncio.to_thread(_model_info, config, graph)
-        handle = await asyncio.to_thread(graph.deploy)
+        handle = await asyncio.to_thread(graph.deploy, migration_limit=config.migration_limit)
         return cls(config, handle, info)
 
     async def close(self) -> None:

@@ -158,3 +158,23 @@ def test_copies_do_not_grow_with_the_output():
     c.delta("r").apply_to(out)
     assert first.outputs[0].token_ids == [11] and first.outputs[0].text == "He" and len(first.outputs[0].logprobs) == 1
     assert not first.finished and out.finished
+
+
+def test_progress_is_what_the_sink_took_per_completion_and_none_once_finished():
+    from tideflow.runtime.edges.rows import decode_logprobs
+
+    c = OutputCollector()
+    c.register("r", "p", 2)
+    c.add(batch(row("r", 0, [4], "a", logprobs=True), row("r", 1, [5, 6], "bc", logprobs=True),
+                row("r", 3, [9], "z"),  # out of order: not taken (yet)
+                row("r", 0, [8], "x", index=1, finish="stop")))
+    first, second = c.progress("r")
+    assert (first["index"], first["rows"], first["token_ids"], first["finished"]) == (0, 2, [4, 5, 6], False)
+    assert [sorted(e) for e in decode_logprobs(first["logprobs"])] == [[4, 5], [5, 6], [6, 7]]
+    assert (second["rows"], second["token_ids"], second["logprobs"], second["finished"]) == (1, [8], None, True)
+    assert c.progress("unknown") is None
+    c.add(batch(row("r", 2, [7], "d", finish="length")))
+    assert c.progress("r") is None  # finished: nothing left to move
+    c.register("failed", "p", 1)
+    c.fail("a stage died", ["failed"])
+    assert c.progress("failed") is None

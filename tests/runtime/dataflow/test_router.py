@@ -45,6 +45,15 @@ def test_dead_replicas_are_skipped():
     assert {s.pick({"request_id": f"x{i}"}) for i in range(20)} == {0}
 
 
+def test_a_revived_replica_is_picked_again_from_a_fresh_load():
+    r = Router(2, "least_loaded")
+    r.observe_load(0, 9)  # what it reported before it died
+    r.mark_dead(0)
+    assert {r.pick({}) for _ in range(4)} == {1}
+    r.revive(0)  # restarted: it holds nothing the router knows of; its old load must not starve it
+    assert r.dead == set() and r.pick({}) == 0
+
+
 def test_split_groups_rows_by_replica():
     r = Router(2, "sticky")
     batch = pa.RecordBatch.from_pylist([{"request_id": f"r{i}", "v": i} for i in range(10)])

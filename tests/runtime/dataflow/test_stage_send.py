@@ -116,6 +116,67 @@ def test_the_loop_awaits_its_pushes_before_it_idles(log):
     assert result == [([("abort", [("a", None)])], [])]
 
 
+class Migrating(Receiver):
+    """A receiver of a migrating stage: pushed to without Ray's retries. `hangs`: its pushes
+    never land (it died with them queued)."""
+
+    def __init__(self, name: str, log: list, dead: bool = False, hangs: bool = False):
+        super().__init__(name, log, dead)
+        self.hangs = hangs
+        once = SimpleNamespace(remote=self._push)
+        self.push = SimpleNamespace(remote=self._push, options=lambda **o: once if o == {"max_task_retries": 0} else None)
+
+
+def migrating_stage(downstream: list[Receiver], collector: Receiver) -> StageHost:
+    actor = StageHost(Idle, StageContext("g", "s"), inbox_size=2)
+    actor.connect(Wiring(downstream={"d": downstream}, routing={"d": "least_loaded"}, upstream={}, sink=None,
+                         collector=collector, replica_ids={"d": [0, 1]}, migrating=frozenset({"d"})))
+    return actor
+
+
+def test_a_migrating_stage_s_rows_go_to_a_live_replica_when_theirs_died(log, monkeypatch):
+    monkeypatch.setattr(ray, "wait", lambda refs, timeout=None: (refs, []))
+    dead, alive = Migrating("r0", log, dead=True), Migrating("r1", log)
+    actor = migrating_stage([dead, alive], Receiver("c", log))
+    emit(actor, "a")  # r0
+    emit(actor, "b")  # r1
+    emit(actor, "c")  # r0 again: its push of "a" failed, so "a" and then "c" go to r1, and nothing fails
+    assert log == [
+        ("push", "r0", ["a"]), ("push", "r1", ["b"]), ("get", "r0", ["a"]),
+        ("get", "r1", ["b"]), ("push", "r1", ["a"]), ("get", "r1", ["a"]), ("push", "r1", ["c"]),
+    ]
+
+
+def test_a_wait_on_a_push_to_a_replica_that_went_down_gives_up_and_resends(log, monkeypatch):
+    hung, alive = Migrating("r0", log, hangs=True), Migrating("r1", log)
+    actor = migrating_stage([hung, alive], Receiver("c", log))
+
+    def wait(refs, timeout=None):
+        (ref,) = refs
+        if ref.receiver.hangs:  # the coordinator's word arrives while the loop waits on r0
+            actor.route_around("d", 0, False)
+            return [], refs
+        return refs, []
+
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(ray, "cancel", lambda ref: log.append(("cancel", ref.receiver.name, ref.rids)))
+    emit(actor, "a")  # r0
+    emit(actor, "b")  # r1
+    emit(actor, "c")  # r0: down while waiting on "a": its queued push is cancelled, "a" and "c" go to r1
+    assert log == [
+        ("push", "r0", ["a"]), ("push", "r1", ["b"]), ("cancel", "r0", ["a"]),
+        ("get", "r1", ["b"]), ("push", "r1", ["a"]), ("get", "r1", ["a"]), ("push", "r1", ["c"]),
+    ]
+    actor.route_around("d", 0, True)  # back: routed to again, once the loop takes the messages
+    for kind, payload in actor.control:
+        actor.handlers[kind](payload)
+    hung.hangs = False
+    assert actor.sender.routers["d"].dead == set() and actor.sender.down == set()
+    revived = len(log)
+    emit(actor, "e", "f", "g")
+    assert any(entry[:2] == ("push", "r0") for entry in log[revived:])
+
+
 def test_an_attachment_whose_producer_died_is_left_out_for_the_role_to_recompute(ray_session):
     """A prefill replica that dies after sending KV by reference owns those objects: the
     decode replica that fetches them later gets `OwnerDiedError`, and must recompute (it

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from tideflow.runtime.edges.rows import decode_logprobs, decode_prompt_logprobs
+from tideflow.runtime.edges.rows import decode_logprobs, decode_prompt_logprobs, encode_logprobs
 from tideflow.outputs import CompletionOutput, PromptLogprobs, RequestOutput, SampleLogprobs
 
 
@@ -195,6 +195,20 @@ class OutputCollector:
             if c.finish_reason is None:
                 c.finish_reason = "error"
         p.dirty = True
+
+    def progress(self, request_id: str) -> list[dict] | None:
+        """How far the request got, one `schemas.PROGRESS` dict per completion: rows taken, their
+        output tokens and logprobs, whether it finished. A request whose replica died is
+        rebuilt from this (request migration). None when the request is unknown (cancelled,
+        collected) or finished (failed included): there is nothing to continue."""
+        p = self.pending.get(request_id)
+        if p is None or p.output.finished:
+            return None
+        return [
+            {"index": c.index, "rows": p.next_seq[c.index], "token_ids": list(c.token_ids),
+             "logprobs": encode_logprobs(c.logprobs), "finished": c.finish_reason is not None}
+            for c in p.output.outputs
+        ]
 
     def finished(self, request_id: str) -> bool:
         return self.pending[request_id].output.finished

@@ -114,6 +114,10 @@ class CollectorActor:
         for rid in self.out.fail(message, request_ids):
             self._touch(rid)
 
+    async def progress(self, request_ids: list[str]) -> dict[str, list[dict] | None]:
+        """request id -> how far it got (`OutputCollector.progress`), for request migration."""
+        return {rid: self.out.progress(rid) for rid in request_ids}
+
     async def cancel(self, request_id: str) -> None:
         """Forget a request whose client left; a `next` call still waiting on it returns None."""
         self.out.pending.pop(request_id, None)

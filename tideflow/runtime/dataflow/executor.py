@@ -21,9 +21,10 @@ from tideflow.runtime.dataflow.delta_streams import DeltaStreams
 from tideflow.runtime.dataflow.collector import OutputDelta, RequestError, copy_output, empty_output
 from tideflow.runtime.dataflow.ingress import normalize, request_batch, request_row
 from tideflow.runtime.dataflow.wiring import Wiring
-from tideflow.runtime.parallel.placement import release, replica_placement
+from tideflow.runtime.parallel.placement import check_capacity, release, replica_placement, stage_demand, wait_placed
 
 NAMESPACE = "tideflow"
+DEFAULT_PLACEMENT_TIMEOUT_S = 30.0  # how long a replica may wait for resources before deploy gives up
 
 
 def coordinator_name(graph: str) -> str:
@@ -44,6 +45,8 @@ def deploy(
     max_restarts: int | None = None,
     faults=(),
     request_log: str | None = None,
+    placement_timeout: float = DEFAULT_PLACEMENT_TIMEOUT_S,
+    migration_limit: int | None = None,
 ) -> "GraphHandle":
     """Start `graph` on Ray and return its handle. `address` joins an existing cluster
     ("auto" or "ray://..."); None starts a local Ray instance unless one is running.
@@ -55,7 +58,19 @@ def deploy(
     removed at shutdown); a crashed replica is restarted up to `max_restarts` times and
     replays its log, and every request completes exactly once. `recovery=False` (with
     `checkpoint_dir=None`) turns it off, for benchmarks. `faults` (FaultSpec) crash chosen
-    replicas on purpose, for tests."""
+    replicas on purpose, for tests.
+
+    A graph the cluster cannot place never hangs the deploy (docs/reliability.md fault 11):
+    when its stages ask, in all, for more than the cluster has, PlacementError (a ValueError)
+    names them before anything starts; a replica that waits for resources longer than
+    `placement_timeout` seconds (other actors hold them) stops the deploy with an error naming it.
+
+    With recovery on, the requests of a dead replica of a stage whose role migrates (decode,
+    the colocated engine) and that has 2+ replicas move at once to a live replica, rebuilt from
+    the prompt plus what the client already has (docs/reliability.md fault 10), instead of
+    waiting for the restart. `migration_limit` (each stage's `migration_limit` option, else 3)
+    bounds how often one request may move; past it the request fails explicitly. 0 turns
+    migration off."""
     import ray
 
     from tideflow.runtime.dataflow.collector_actor import CollectorActor
@@ -65,7 +80,10 @@ def deploy(
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, **(ray_init or {}))
     compiled = graph.compile() if hasattr(graph, "compile") else graph
+    demands = [stage_demand(spec, compiled.configs[spec.name].experts) for spec in compiled.stages]
+    check_capacity(compiled.name, demands, ray.cluster_resources())
     config = recovery_config(compiled.name, recovery, checkpoint_dir, checkpoint_interval, checkpoint_batches, max_restarts, faults)
+    limits = migration_limits(compiled, migration_limit) if config is not None else {}
     for spec in compiled.stages:
         for i in range(spec.replicas):
             name = f"{compiled.name}/{spec.name}/{i}"
@@ -82,7 +100,7 @@ def deploy(
         coordinator = ray.remote(CheckpointCoordinator).options(
             name=coordinator_name(compiled.name), namespace=NAMESPACE, num_cpus=0, max_concurrency=1000
         ).remote(config)
-    launcher = ReplicaLauncher(compiled, StageHost, config, inbox_size, coordinator)
+    launcher = ReplicaLauncher(compiled, StageHost, config, inbox_size, coordinator, limits)
     actors: dict[str, dict[int, object]] = {
         spec.name: {i: launcher.start(spec.name, i) for i in range(spec.replicas)} for spec in compiled.stages
     }
@@ -93,9 +111,12 @@ def deploy(
         f"{stage}/{i}": launcher.wiring(stage, actors, collector)
         for stage, handles in actors.items() for i in handles
     }
-    refs = [actors[name.split("/")[0]][int(name.split("/")[1])].connect.remote(w) for name, w in wirings.items()]
-    try:
-        ray.get(refs)  # also surfaces constructor failures (bad model path ...)
+    flat = _flat(actors)
+    refs = [flat[name].connect.remote(w) for name, w in wirings.items()]
+    asks = {spec.name: {"CPU": spec.num_cpus, "GPU": spec.num_gpus, **spec.resources_dict} for spec in compiled.stages}
+    try:  # also surfaces constructor failures (bad model path ...)
+        wait_placed(refs, [flat[n] for n in wirings], [f"replica {compiled.name}/{n}" for n in wirings],
+                    [asks[n.split("/")[0]] for n in wirings], placement_timeout)
     except Exception:
         for stage, handles in actors.items():
             for i, a in handles.items():
@@ -106,7 +127,8 @@ def deploy(
             ray.kill(coordinator)
         raise
     if coordinator is not None:
-        ray.get(coordinator.start.remote(_flat(actors), [f"{compiled.source}/{i}" for i in actors[compiled.source]], wirings))
+        sources = [f"{compiled.source}/{i}" for i in actors[compiled.source]]
+        ray.get(coordinator.start.remote(_flat(actors), sources, wirings, launcher.migration_plan(actors, collector)))
     runs = {f"{compiled.name}/{name}": [a.run.remote()] for name, a in _flat(actors).items()}
     watch = collector.watch.remote(runs)
     log = None
@@ -120,6 +142,23 @@ def deploy(
     )
 
 
+def migration_limits(compiled, override: int | None = None) -> dict[str, int]:
+    """stage -> how often one of its requests may move, for the stages whose role migrates and
+    whose limit (`override`, else the stage's `migration_limit` option, else the default) is
+    above 0. Whether a stage migrates now also needs 2+ replicas (`ReplicaLauncher`)."""
+    from tideflow.runtime.dataflow.stage_config import DEFAULT_MIGRATION_LIMIT
+
+    if override is not None and (isinstance(override, bool) or not isinstance(override, int) or override < 0):
+        raise ValueError(f"migration_limit must be an integer >= 0, got {override!r}")
+    limits = {}
+    for spec in compiled.stages:
+        own = compiled.configs[spec.name].stage.migration_limit
+        limit = override if override is not None else (own if own is not None else DEFAULT_MIGRATION_LIMIT)
+        if compiled.roles[spec.name].migratable and limit > 0:
+            limits[spec.name] = limit
+    return limits
+
+
 def _flat(actors: dict) -> dict:
     """"stage/replica" -> handle."""
     return {f"{stage}/{i}": a for stage, handles in actors.items() for i, a in handles.items()}
@@ -128,10 +167,11 @@ def _flat(actors: dict) -> dict:
 class ReplicaLauncher:
     """Starts stage replicas and builds their wiring; kept by the handle for rescaling."""
 
-    def __init__(self, compiled, stage_cls, recovery, inbox_size: int | None, coordinator=None):
+    def __init__(self, compiled, stage_cls, recovery, inbox_size: int | None, coordinator=None, limits=None):
         import ray
 
         self.compiled = compiled
+        self.limits = dict(limits or {})  # stage -> migration limit, for the stages that may migrate
         self.remote_cls = ray.remote(stage_cls)
         self.recovery = recovery  # RecoveryConfig, None: off
         self.inbox_size = inbox_size
@@ -163,15 +203,33 @@ class ReplicaLauncher:
         """Give back the placement group of a replica that was killed (sharded stages only)."""
         release(self.groups.pop((stage, replica), None))
 
+    def migrating(self, actors: dict) -> dict[str, int]:
+        """stage -> migration limit, for the stages that migrate with the replicas in `actors`."""
+        return {stage: limit for stage, limit in self.limits.items() if len(actors[stage]) >= 2}
+
+    def migration_plan(self, actors: dict, collector):
+        """What the coordinator's migrator needs (None when no stage migrates)."""
+        from tideflow.runtime.recovery.migration import MigrationPlan
+
+        limits = self.migrating(actors)
+        if not limits:
+            return None
+        compiled = self.compiled
+        upstream = {s: [f"{u}/{i}" for u in compiled.upstream(s) for i in actors[u]] for s in limits}
+        return MigrationPlan(limits, upstream, {s: compiled.roles[s].consumes for s in limits}, collector)
+
     def wiring(self, stage: str, actors: dict, collector) -> Wiring:
         compiled = self.compiled
+        downstream = compiled.downstream(stage)
         return Wiring(
-            downstream={d: list(actors[d].values()) for d in compiled.downstream(stage)},
-            routing={d: compiled.roles[d].routing for d in compiled.downstream(stage)},
+            downstream={d: list(actors[d].values()) for d in downstream},
+            routing={d: compiled.roles[d].routing for d in downstream},
             upstream={u: dict(actors[u]) for u in compiled.upstream(stage)},
             sink=collector if stage == compiled.sink else None,
             collector=collector,
             block_size=compiled.configs[stage].kv_block_size,
+            replica_ids={d: list(actors[d]) for d in downstream},
+            migrating=frozenset(d for d in downstream if d in self.migrating(actors)),
         )
 
 

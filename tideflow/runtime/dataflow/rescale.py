@@ -44,7 +44,9 @@ def rescale(handle, stage: str, replicas: int, timeout: float = 120.0) -> None:
     if coordinator is not None:
         wirings = {f"{s}/{i}": launcher.wiring(s, actors, handle.collector) for s, hs in actors.items() for i in hs}
         replicas_now = {f"{s}/{i}": a for s, hs in actors.items() for i, a in hs.items()}
-        ray.get(coordinator.set_topology.remote(replicas_now, [f"{compiled.source}/{i}" for i in actors[compiled.source]], wirings))
+        sources = [f"{compiled.source}/{i}" for i in actors[compiled.source]]
+        plan = launcher.migration_plan(actors, handle.collector)
+        ray.get(coordinator.set_topology.remote(replicas_now, sources, wirings, plan))
     if stage == compiled.source:
         from tideflow.runtime.dataflow.router import Router
 

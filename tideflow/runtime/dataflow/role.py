@@ -58,6 +58,11 @@ class StageRole(ABC):
     # True: options no part of StageConfig knows reach the role as `config.extra` (custom
     # roles); False (the built-in roles): such an option fails compile
     takes_extra_options: ClassVar[bool] = True
+    # True: when a replica dies, the requests it held move at once to a live replica of the stage
+    # (request migration, docs/reliability.md fault 10). Such a role implements `held`, takes
+    # `consumes` rows whose `resume` column says how far each completion got, and `disown`s
+    # what moved away while it was down
+    migratable: ClassVar[bool] = False
 
     def __init__(self, context: StageContext):
         self.context = context
@@ -86,6 +91,21 @@ class StageRole(ABC):
 
     def abort(self, targets: list[tuple[str, int | None]]) -> None:
         """Drop these completions ((request_id, index), index None = all) and free what they hold."""
+
+    @classmethod
+    def held(cls, snapshot: dict | None, logged: list[pa.RecordBatch]) -> list[dict]:
+        """What a replica of this role held when it died, from its last checkpoint's
+        `snapshot` (None: none yet) and the input batches it logged since: one `consumes` row
+        (a dict) per unit that can move, with `index` when the unit is one completion, and a
+        `resume` entry per completion whose sampling seed is known. What it leaves out stays
+        with the replica, which restores it after its restart. Reads only its arguments."""
+        raise NotImplementedError(f"{cls.__qualname__} is not migratable")
+
+    def disown(self, targets: list[tuple[str, int | None]]) -> None:
+        """These completions ((request_id, index), index None = all) moved to a live replica
+        while this one was down: drop them wherever they are here (restored, queued, or still
+        to come from the replayed log) and free what they hold."""
+        self.abort(targets)
 
     def stats(self) -> dict:
         return {}

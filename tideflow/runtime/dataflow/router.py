@@ -58,6 +58,13 @@ class Router:
     def mark_dead(self, replica: int) -> None:
         self.dead.add(replica)
 
+    def revive(self, replica: int) -> None:
+        """A replica found dead is serving again (restarted): it may be picked again. Its load
+        estimate starts from nothing (the last one is stale, and only a push to it corrects
+        it: a high one would keep it from ever being picked)."""
+        self.dead.discard(replica)
+        self.loads[replica] = 0
+
     def _alive(self) -> list[int]:
         alive = [r for r in range(self.num_replicas) if r not in self.dead]
         return alive or list(range(self.num_replicas))

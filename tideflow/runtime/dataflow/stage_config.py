@@ -36,6 +36,7 @@ from tideflow.config import (
 
 DEFAULT_BLOCK_SIZE = 16  # KV block size the prefix router hashes by when a stage has no engine options
 DEFAULT_ENCODER_CACHE_SIZE = 1024  # images whose features one encoder replica keeps
+DEFAULT_MIGRATION_LIMIT = 3  # times one request may move to a live replica when the one holding it dies
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,19 @@ class StageOptions:
     max_pending: int | None = None
     checkpoint_kv: bool = False  # decode: a snapshot carries each live sequence's K/V (else tokens only)
     encoder_cache_size: int = DEFAULT_ENCODER_CACHE_SIZE  # encoder: images whose features a replica caches
+    # a migratable stage (decode, engine) with 2+ replicas: how often one request may move to a
+    # live replica when the one holding it dies (docs/reliability.md fault 10); past it the
+    # request fails with an explicit error. 0: no migration (the dead replica's requests wait
+    # for its restart, restore and replay). None: deploy's `migration_limit`, else 3
+    migration_limit: int | None = None
 
     def __post_init__(self):
         for name in ("num_threads", "max_pending"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.migration_limit is not None and self.migration_limit < 0:
+            raise ValueError(f"migration_limit must be an integer >= 0, got {self.migration_limit!r}")
         if self.encoder_cache_size < 0:
             raise ValueError(f"encoder_cache_size must be an integer >= 0, got {self.encoder_cache_size!r}")
 

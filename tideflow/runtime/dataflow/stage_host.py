@@ -12,6 +12,11 @@ Recovery lives behind the replica's `ReplicaHooks`, chosen once here at construc
 push path and the loop carry no log, barrier or fault branches. With recovery on, Ray
 restarts a crashed replica (`max_restarts`) and retries the calls it was running
 (`max_task_retries`), `run` included; the hooks then restore it at the end of construction.
+
+Request migration (`tideflow.runtime.recovery.migration`, docs/reliability.md fault 10) uses
+three calls of a replica: `wait_stopped` (the coordinator learns of its death when the call
+fails), `held_by` (what a dead peer of the same stage held, read from the store by the role's
+class) and `route_around` (a replica downstream died or is back).
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ class StageHost:
                         "role_init_s": time.time() - role_at}
         self.inbox_size = inbox_size
         self.lock = threading.Condition()  # guards the inbox, `control`, `stopped` and the hooks' alignment
+        self.stopped_event = threading.Event()  # set by `stop`: ends the `wait_stopped` calls
         self.inbox: deque[_Entry] = deque()  # bounded by inbox_size (held-back entries aside)
         self.control: deque = deque()  # (handler, payload): never bounded, never blocks
         self.stopped = False
@@ -84,7 +90,8 @@ class StageHost:
         self.max_inbox = 0  # the deepest the inbox has been
         self.batches_in = 0
         self.busy_s = 0.0
-        self.handlers = {"abort": self.role.abort, "rewire": self._rewire}  # control message -> handler
+        # control message -> handler
+        self.handlers = {"abort": self.role.abort, "rewire": self._rewire, "route": self._route_around}
         self.sender = Sender(self.name)
         if isinstance(coordinator, tuple):
             import ray
@@ -157,6 +164,33 @@ class StageHost:
         with self.lock:
             self.stopped = True
             self.lock.notify_all()
+        self.stopped_event.set()
+
+    def wait_stopped(self) -> None:
+        """Returns once the replica is stopped. The checkpoint coordinator keeps one such call
+        in flight per replica, without retries: it fails when the replica dies."""
+        self.stopped_event.wait()
+
+    # -- request migration (docs/reliability.md fault 10) --------------------------------------
+    def held_by(self, name: str) -> list[dict]:
+        """What replica `name` ("stage/replica", of this replica's stage) held when it died, read
+        from its last checkpoint and its input log by this role's class (`StageRole.held`)."""
+        found = self.hooks.read_replica(name)
+        if found is None:
+            return []
+        snapshot, logged = found
+        return type(self.role).held(None if snapshot is None else snapshot["role"], logged)
+
+    def route_around(self, stage: str, replica: int, alive: bool) -> None:
+        """Replica `replica` of the downstream `stage` died (`alive` False: route around it, and
+        stop waiting for what was pushed to it) or is back (route to it again)."""
+        self.sender.set_alive(stage, replica, alive)  # at once: a wait on a push to it gives up
+        with self.lock:
+            self.control.append(("route", (stage, replica, alive)))
+            self.lock.notify_all()
+
+    def _route_around(self, payload: tuple) -> None:
+        self.sender.apply_alive(*payload)
 
     def stats(self) -> dict:
         with self.lock:
@@ -234,6 +268,10 @@ class StageHost:
     def restore(self, state: dict) -> None:
         """Continue from a `snapshot` (after a restart, before any input)."""
         self.role.restore(state["role"])
+
+    def disown(self, targets) -> None:
+        """Drop what moved to a live replica while this one was down (at construction)."""
+        self.role.disown(targets)
 
     def requeue(self, entries) -> None:
         """Queue logged inputs (LogEntry: sender, batch) in front of anything new (at construction)."""

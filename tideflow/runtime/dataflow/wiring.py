@@ -16,6 +16,14 @@ class Wiring:
     sink: object | None  # the collector, when this stage is the graph's sink
     collector: object = None  # the collector: told of requests that cannot go on (a dead replica downstream)
     block_size: int = 16  # KV block size: the prefix router hashes whole blocks
+    replica_ids: dict | None = None  # stage -> [replica index of each handle in `downstream`]; None: 0, 1, 2 ...
+    # downstream stages whose requests migrate when a replica dies (docs/reliability.md fault 10):
+    # pushes to them are not retried by Ray; one that finds its replica dead goes to a live one
+    migrating: frozenset = frozenset()
+
+    def replica_id(self, stage: str, position: int) -> int:
+        """The replica index of the handle at `position` in `downstream[stage]`."""
+        return position if self.replica_ids is None else self.replica_ids[stage][position]
 
     def senders(self) -> set[str]:
         """"stage/replica" of every upstream replica: the names its pushes here carry."""

@@ -153,6 +153,12 @@ class TokenStream:
             state[0], state[1] = num_rows + 1, num_tokens + len(new)
         return row
 
+    def resume(self, request_id: str, index: int, rows: int, tokens: int) -> None:
+        """Continue a completion that another replica streamed `rows` rows and `tokens` output
+        tokens of (request migration): its next row here is seq `rows`."""
+        if rows:
+            self.sent[(request_id, index)] = [rows, tokens]
+
     def forget(self, request_id: str, index: int | None = None) -> None:
         """Drop the progress of an aborted completion (every completion when index is None)."""
         for key in [k for k in self.sent if k[0] == request_id and index in (None, k[1])]:

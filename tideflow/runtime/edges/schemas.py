@@ -43,6 +43,22 @@ SAMPLING = pa.struct(
     ]
 )
 
+# What one completion of a migrated request had delivered when the replica running it died
+# (request migration, docs/reliability.md fault 10): a live peer rebuilds it from the prompt
+# plus these tokens (re-prefill) and goes on from row `rows`, so the sink's (request_id, seq)
+# dedup sees one unbroken stream.
+PROGRESS = pa.struct(
+    [
+        ("index", pa.int32()),  # completion index, 0..n-1
+        ("rows", pa.int64()),  # rows the sink took: the continuation's first row is seq `rows`
+        ("token_ids", pa.list_(pa.int32())),  # the output tokens those rows carried
+        ("logprobs", pa.binary()),  # their logprob entries (encode_logprobs), or null
+        ("finished", pa.bool_()),  # the completion had finished already: nothing to continue
+        ("sampling_seed", pa.int64()),  # its counter-based sampling seed when known, or null
+    ]
+)
+RESUME = pa.list_(PROGRESS)  # a migrated request: one PROGRESS per completion to rebuild; null: a new request
+
 # source -> tokenizer: what a user submits
 REQUESTS = pa.schema(
     [
@@ -68,6 +84,7 @@ TOKENIZED = pa.schema(
         # encoded images of a multimodal prompt, or null; an encoder stage sends their features
         # beside the batch (attachment "request_id/0": [tokens_per_image, hidden] per image)
         ("images", pa.list_(pa.binary())),
+        ("resume", RESUME),  # null, unless the request moved from a replica that died (PROGRESS)
     ]
 )
 
@@ -90,6 +107,7 @@ PREFILLED = pa.schema(
         ("finish_reason", pa.string()),
         ("stop_token_id", pa.int32()),
         ("error", pa.string()),
+        ("resume", RESUME),  # null, unless the completion moved from a decode replica that died (PROGRESS)
     ]
 )
 

@@ -36,6 +36,7 @@ import torch
 
 from tideflow.config import ExpertParallelConfig
 from tideflow.kernels.moe import combine, permute
+from tideflow.runtime.parallel.placement import wait_placed
 from tideflow.runtime.parallel.expert_placement import (
     ExpertPlacement,
     balanced_placement,
@@ -45,6 +46,7 @@ from tideflow.runtime.parallel.expert_placement import (
 )
 
 WARMUP_PROMPT_TOKENS = 64  # tokens per warm-up prompt
+EXPERT_PLACEMENT_TIMEOUT_S = 30.0  # how long an expert actor may wait for its CPUs before the engine gives up
 
 
 class ExpertParallel:
@@ -214,7 +216,10 @@ def start_expert_parallel(core, config: ExpertParallelConfig) -> ExpertParallel:
     remote = ray.remote(Experts).options(num_cpus=config.num_cpus, max_concurrency=2)
     actors = [remote.remote(shard, config.num_threads) for shard in expert_shards(core, modules, placement)]
     parallel = ExpertParallel(actors, placement, source, load)
-    ray.get([a.ready.remote() for a in actors])  # surfaces a failed load; `parallel` kills them if it raises
+    # surfaces a failed load, and never waits without bound for CPUs another actor holds;
+    # `parallel` kills the actors if it raises
+    wait_placed([a.ready.remote() for a in actors], actors, [f"expert actor {i} of {len(actors)}" for i in range(len(actors))],
+                [{"CPU": config.num_cpus}] * len(actors), EXPERT_PLACEMENT_TIMEOUT_S)
     bind_dispatch(core.model, {m: _LayerDispatch(parallel, p) for p, (_, m) in enumerate(modules.values())})
     for _, module in modules.values():  # the engine no longer runs experts: free its copy
         empty = torch.nn.Parameter(module.gate_up_proj.new_empty(0), requires_grad=False)

@@ -9,7 +9,10 @@ marker and deletes older checkpoints and log segments. A checkpoint still open a
 every replica is told to stop aligning it, and the next one starts later.
 
 It also keeps each replica's wiring, which a restarted replica fetches (Ray re-runs only
-the constructor). Replicas know the coordinator by the handle they were constructed with.
+the constructor), and runs the graph's request migration (`tideflow.runtime.recovery.migration`):
+a restarted replica asks it which of its requests moved to a peer meanwhile. No checkpoint is
+started while a replica is down. Replicas know the coordinator by the handle they were
+constructed with.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 
 from tideflow.runtime.recovery.barriers import INGRESS
 from tideflow.runtime.recovery.checkpoint_store import CheckpointStore
+from tideflow.runtime.recovery.migration import NO_MIGRATION, MigrationPlan, Migrator
 from tideflow.runtime.recovery.settings import RecoveryConfig
 
 
@@ -40,23 +44,30 @@ class CheckpointCoordinator:
         self.task: asyncio.Task | None = None
         self.closed = False
         self.paused = False
+        self.migrator = Migrator(self._died)  # moves a dead replica's requests to its peers
 
-    async def start(self, replicas: dict, sources: list[str], wirings: dict) -> None:
-        """Begin checkpointing the graph made of `replicas` ("stage/replica" -> handle)."""
+    async def start(self, replicas: dict, sources: list[str], wirings: dict, migration: MigrationPlan | None = None) -> None:
+        """Begin checkpointing the graph made of `replicas` ("stage/replica" -> handle), and
+        migrating requests as `migration` says (None: no stage migrates)."""
         self.replicas, self.sources, self.wirings = dict(replicas), list(sources), dict(wirings)
         self.last = time.monotonic()
+        self.migrator.set_topology(self.replicas, migration or NO_MIGRATION)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._tick())
 
     async def pause(self) -> None:
         """Stop checkpointing (a rescale is rewiring the graph): abort the open one."""
         self.paused = True
+        self.migrator.paused = True
         await self._abort("the graph is being rescaled")
 
-    async def set_topology(self, replicas: dict, sources: list[str], wirings: dict) -> None:
-        """The replicas after a rescale, with every replica's wiring; checkpointing resumes."""
+    async def set_topology(self, replicas: dict, sources: list[str], wirings: dict,
+                           migration: MigrationPlan | None = None) -> None:
+        """The replicas after a rescale, with every replica's wiring; checkpointing (and
+        migration, as `migration` now says) resumes."""
         self.replicas, self.sources = dict(replicas), list(sources)
         self.wirings.update(wirings)
+        self.migrator.set_topology(self.replicas, migration or NO_MIGRATION)
         self.paused = False
 
     async def wiring(self, name: str):
@@ -79,8 +90,8 @@ class CheckpointCoordinator:
 
     async def trigger(self) -> int | None:
         """Start checkpoint N (None when one is open already): a barrier into every source replica."""
-        if self.pending is not None or self.closed or self.paused or not self.replicas:
-            return None
+        if self.pending is not None or self.closed or self.paused or not self.replicas or self.migrator.down:
+            return None  # (a replica that is down could not take part)
         cid, self.next_id = self.next_id, self.next_id + 1
         self.pending, self.waiting = cid, set(self.replicas)
         self.started = self.last = time.monotonic()
@@ -99,10 +110,18 @@ class CheckpointCoordinator:
         self.completed.append(checkpoint_id)
         self.pending = None
 
-    async def restarted(self, name: str) -> None:
-        """A replica came back from a crash: the open checkpoint may never complete."""
+    async def restarted(self, name: str) -> list:
+        """A replica came back from a crash: the open checkpoint may never complete. Returns,
+        once a migration of its requests is over, the keys ((request_id, index | None)) that
+        moved to its peers meanwhile: it drops them."""
         self.restarts[name] = self.restarts.get(name, 0) + 1
         await self._abort(f"{name} restarted")
+        return await self.migrator.restarted(name)
+
+    async def _died(self, name: str) -> None:
+        """The migrator saw replica `name` die: the open checkpoint cannot complete without it,
+        and replicas downstream aligning its barrier would hold back the live replicas' output."""
+        await self._abort(f"{name} died")
 
     async def _abort(self, reason: str) -> None:
         if self.pending is None:
@@ -119,9 +138,11 @@ class CheckpointCoordinator:
             "pending": self.pending,
             "restarts": dict(self.restarts),
             "latest_complete": self.store.latest_complete(),
+            "migration": self.migrator.status(),
         }
 
     async def close(self) -> None:
         self.closed = True
+        self.migrator.close()
         if self.task is not None:
             self.task.cancel()

@@ -26,12 +26,10 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from tideflow.runtime.recovery.barriers import Barrier, BarrierAligner
-
-if TYPE_CHECKING:
-    from tideflow.runtime.recovery.checkpoint_store import LogEntry
+from tideflow.runtime.recovery.checkpoint_store import CheckpointStore, LogEntry, replica_name
 
 
 class InboxEntry(Protocol):
@@ -57,6 +55,10 @@ class Replica(Protocol):
 
     def requeue(self, entries: list[LogEntry]) -> None:
         """Queue logged inputs, in order, in front of anything new."""
+
+    def disown(self, targets: list) -> None:
+        """Drop these completions ((request_id, index | None)): they moved to another replica
+        while this one was down (request migration)."""
 
     def flush_sends(self) -> None:
         """Wait until every push in flight downstream has landed."""
@@ -130,6 +132,12 @@ class ReplicaHooks(ABC):
     def close(self) -> None:
         """The loop ended. Recovery on: the "close" fault point; closes the input log."""
 
+    def read_replica(self, name: str) -> tuple[dict | None, list] | None:
+        """Another replica's last completed snapshot (None: it has none) and the input batches
+        it logged since, read from the store (request migration reads a dead peer's); None
+        when recovery is off. Mutates nothing."""
+        return None
+
 
 class NullHooks(ReplicaHooks):
     """Recovery off: the inbox is a plain FIFO and every other hook does nothing."""
@@ -177,7 +185,6 @@ class RecoveryHooks(ReplicaHooks):
     """Recovery on: input log, barrier alignment, snapshots, restore, injected faults."""
 
     def __init__(self, config, stage: str, replica: int, coordinator):
-        from tideflow.runtime.recovery.checkpoint_store import CheckpointStore, replica_name
         from tideflow.runtime.recovery.faults import FaultInjector
 
         self.interval_batches = config.interval_batches  # ask for a checkpoint after this many logged inputs
@@ -213,7 +220,9 @@ class RecoveryHooks(ReplicaHooks):
         start = time.perf_counter()
         replica = self.replica
         replica.connect(ray.get(self.coordinator.wiring.remote(self.name)))
-        ray.get(self.coordinator.restarted.remote(self.name))  # aborts the open checkpoint: it may lack our barrier
+        # aborts the open checkpoint (it may lack our barrier); waits for the requests this
+        # replica held to move to its peers, if its stage migrates, and says which did
+        moved = ray.get(self.coordinator.restarted.remote(self.name))
         cid = self.store.latest_complete()
         state = self.store.read_snapshot(cid, self.file_name) if cid else None
         self.faults.check("restore")
@@ -224,6 +233,8 @@ class RecoveryHooks(ReplicaHooks):
         for e in entries:
             epochs[e.sender] = max(epochs.get(e.sender, cid), e.epoch)
         replica.requeue(entries)
+        if moved:
+            replica.disown([tuple(k) for k in moved])
         self.barriers.restored(cid, epochs)
         self.replayed = len(entries)
         self.restore_s = time.perf_counter() - start
@@ -298,6 +309,13 @@ class RecoveryHooks(ReplicaHooks):
     def close(self) -> None:
         self.faults.check("close")
         self.log.close()
+
+    def read_replica(self, name: str) -> tuple[dict | None, list]:
+        stage, _, replica = name.rpartition("/")
+        file_name = replica_name(stage, int(replica))
+        cid = self.store.latest_complete()
+        state = self.store.read_snapshot(cid, file_name) if cid else None
+        return state, [e.batch for e in self.store.read_log(file_name, cid)]
 
 
 def replica_hooks(config, stage: str, replica: int, coordinator) -> ReplicaHooks:
