@@ -5,7 +5,9 @@ and old checkpoint files are deleted. Half the requests are JSON-constrained: th
 replicas die holding them mid-way, and the restarted ones rebuild their matchers from the
 tokens, so the JSON is valid and equal to the no-fault run's.
 
-One deployment carries every fault (each fires once, at a seeded point) to keep Ray time low.
+One deployment carries the faults in processing and restoring (each fires once, at a seeded
+point) to keep Ray time low; the fault inside a snapshot has its own, where the test decides
+when the one checkpoint is taken.
 """
 
 from __future__ import annotations
@@ -68,7 +70,6 @@ def workload(model):
 
 FAULTS = (
     FaultSpec("decode", 0, "process", 3),  # a decode replica dies while processing
-    FaultSpec("decode", 1, "snapshot", 1),  # another dies inside its first snapshot: a checkpoint cut short
     FaultSpec("prefill", 0, "process", 2),  # prefill dies with KV handed over or not yet (fault 5)
     FaultSpec("detokenize", 0, "process", 4),  # the last stage dies ...
     FaultSpec("detokenize", 0, "restore", 1),  # ... and again while restoring
@@ -116,10 +117,9 @@ def test_crashes_in_every_phase_lose_and_duplicate_nothing(ray_session, deployed
     ray_session.get([a.ready.remote() for replicas in handle.actors.values() for a in replicas])
     status = handle.checkpoints()
     # the expected number of recoveries: one per fault, two where the restore failed once
-    assert status["restarts"] == {"decode/0": 1, "decode/1": 1, "prefill/0": 1, "detokenize/0": 2}
-    assert status["aborted"], "the checkpoint cut short by decode/1 was aborted"
+    assert status["restarts"] == {"decode/0": 1, "prefill/0": 1, "detokenize/0": 2}
     cid = handle.checkpoint()
-    assert cid > max(status["aborted"])
+    assert cid > max(status["aborted"] or [0])
     store = CheckpointStore(directory)
     assert store.checkpoints() == [(cid, True)]  # older ones deleted
     assert all(epoch >= cid for name in ("decode-0", "decode-1", "prefill-0") for epoch, _, _ in store.log_parts(name))
@@ -134,12 +134,55 @@ def test_crashes_in_every_phase_lose_and_duplicate_nothing(ray_session, deployed
         time.sleep(0.2)
     for replica in handle.stats()["decode"]:
         assert replica["kv_cache_usage_perc"] == 0 and replica["num_requests_running"] == 0
-        startup = replica["startup"]  # both decode replicas restarted: their figures are the new process's
-        assert startup["process_at"] <= startup["init_at"] and startup["role_init_s"] > 0 and replica["restore_s"] > 0
+    restarted = handle.stats()["decode"][0]
+    startup = restarted["startup"]  # decode/0 restarted: its figures are the new process's
+    assert startup["process_at"] <= startup["init_at"] and startup["role_init_s"] > 0 and restarted["restore_s"] > 0
     _, recorded = read_log(handle.log_dir)  # deploy(request_log=...) recorded each request once
     assert sorted((r.prompt["prompt_token_ids"], r.token_ids[0]) for r in recorded) == sorted(
         (p["prompt_token_ids"], t) for p, t in zip(prompts, reference)
     )
+
+
+def test_a_replica_dying_inside_a_checkpoint_under_traffic_loses_nothing(ray_session, model, workload, tmp_path):
+    """docs/reliability.md fault 2, made deterministic: the only checkpoint is taken on purpose
+    once every stream has its first output, and decode/1 dies inside its snapshot. (The shared
+    faulty graph above cannot say when its replicas snapshot: with request migration its
+    workload can end before any checkpoint ran on decode/1.)"""
+    prompts, params, reference = workload
+    graph = disaggregated(model, prefill=1, decode=2, dtype="float64", max_num_seqs=4, name="snapshot-fault")
+    handle = graph.deploy(checkpoint_dir=str(tmp_path / "ck"), checkpoint_interval=3600, checkpoint_batches=10**6,
+                          faults=(FaultSpec("decode", 1, "snapshot", 1),))
+    try:
+        # a first round, fault-free, fills the prefill replica's prefix cache with these prompts
+        assert [o.outputs[0].token_ids for o in handle.generate(prompts, params)] == reference
+        started = [threading.Event() for _ in prompts]
+
+        async def stream(i):
+            last = None
+            async for last in handle.submit(prompts[i], params[i]):
+                started[i].set()
+            return last
+
+        def checkpoint_once_every_stream_runs():
+            for event in started:
+                event.wait(timeout=120)
+            try:
+                handle.checkpoint()
+            except TimeoutError:  # cut short by the fault, as meant
+                pass
+
+        async def run():
+            return await asyncio.gather(asyncio.gather(*(stream(i) for i in range(len(prompts)))),
+                                        asyncio.to_thread(checkpoint_once_every_stream_runs))
+
+        out, _ = asyncio.run(asyncio.wait_for(run(), timeout=300))
+        ray_session.get([a.ready.remote() for replicas in handle.actors.values() for a in replicas])
+        status = handle.checkpoints()
+        assert status["restarts"] == {"decode/1": 1} and status["aborted"]  # the fault fired; the checkpoint was cut short
+        assert [o.outputs[0].token_ids for o in out] == reference
+        assert handle.checkpoint() > max(status["aborted"])  # a later one completes
+    finally:
+        handle.shutdown()
 
 
 def test_rescale_decode_2_4_2_under_load(ray_session, deployed, workload):
