@@ -29,12 +29,19 @@ class LLMHandle:
                           out.embedding)
 
 
-def stand_in_app(model_dir: str, **engine_options):
-    """The ASGI app of a server over `model_dir`, its requests run by an in-process LLM."""
+def stand_in_server(model_dir: str, config: ServeConfig | None = None, llm: LLM | None = None,
+                    **engine_options) -> OpenAIServer:
+    """A server over `model_dir` (`config`, default ServeConfig()), its requests run by `llm`
+    (default: a new in-process LLM with `engine_options`)."""
     name = model_dir.rstrip("/").split("/")[-1]
     info = ModelInfo.load(name, model_dir)
-    server = OpenAIServer(ServeConfig(), LLMHandle(LLM(model_dir, **engine_options)), info)
-    return build_asgi_app(server)
+    llm = llm if llm is not None else LLM(model_dir, **engine_options)
+    return OpenAIServer(config or ServeConfig(), LLMHandle(llm), info)
+
+
+def stand_in_app(model_dir: str, **engine_options):
+    """The ASGI app of a server over `model_dir`, its requests run by an in-process LLM."""
+    return build_asgi_app(stand_in_server(model_dir, **engine_options))
 
 
 def call(app, method: str, path: str, body=None, ctype: str | None = None) -> tuple[int, dict | str]:

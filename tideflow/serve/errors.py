@@ -95,6 +95,17 @@ def from_validation(exc) -> APIError:
     param = str(loc[0]) if loc else None
     if first.get("type") == "missing":
         return bad_request(f"'{param}' is a required property", param, code="missing_required_parameter")
+    plain = all(isinstance(part, int) or part.isidentifier() for part in loc)  # no union member names in it
+    if first.get("type") == "literal_error" and plain:  # a word outside its list ("role": "alien"): say where
+        return bad_request(f"'{_dotted(loc)}': {first.get('msg')}, got {repr(first.get('input'))[:40]}", param)
     if param in EXPECTED:
         return bad_request(f"'{param}' must be {EXPECTED[param]}", param, code="invalid_type")
     return bad_request(f"'{param}': {first.get('msg')}", param, code="invalid_type")
+
+
+def _dotted(loc) -> str:
+    """A pydantic location as a path: ("messages", 0, "role") -> "messages[0].role"."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out

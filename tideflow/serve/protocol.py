@@ -112,8 +112,11 @@ class ToolCall(_Body):
     function: ToolCallFunction
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool")  # OpenAI's chat roles (not the deprecated "function")
+
+
 class ChatMessage(_Body):
-    role: str
+    role: Literal[ROLES]  # any other role is a 400 naming messages
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # role "assistant": the calls it made (content may be null)

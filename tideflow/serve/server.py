@@ -28,12 +28,12 @@ from tideflow.serve.config import ServeConfig
 from tideflow.serve.embeddings import embeddings_response, prepare_embeddings
 from tideflow.serve.errors import (
     APIError,
-    bad_request,
     from_graph_failure,
     from_validation,
     model_not_found,
     server_error,
 )
+from tideflow.serve.json_body import read_json
 from tideflow.serve.metrics import CONTENT_TYPE, ServeMetrics
 from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.prepare import Prepared, prepare_chat, prepare_completion
@@ -90,7 +90,7 @@ class OpenAIServer:
         """Serve one /v1/completions (kind "completion") or /v1/chat/completions ("chat") request."""
         if self.dead:
             raise server_error(self.dead, unavailable=True)
-        body = await _read_json(request)
+        body = await read_json(request)
         try:
             if kind == "chat":
                 prep = prepare_chat(ChatCompletionRequest.model_validate(body, strict=True), self.info,
@@ -122,7 +122,7 @@ class OpenAIServer:
         """Serve one /v1/embeddings request."""
         if self.dead:
             raise server_error(self.dead, unavailable=True)
-        body = await _read_json(request)
+        body = await read_json(request)
         try:
             prep = prepare_embeddings(EmbeddingRequest.model_validate(body, strict=True), self.info)
         except ValidationError as exc:
@@ -248,11 +248,11 @@ def build_asgi_app(server: OpenAIServer):
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
-        return tokenize_routes.tokenize(await _read_json(request), server.info)
+        return tokenize_routes.tokenize(await read_json(request), server.info)
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
-        return tokenize_routes.detokenize(await _read_json(request), server.info)
+        return tokenize_routes.detokenize(await read_json(request), server.info)
 
     @app.get("/version")
     async def version():
@@ -311,26 +311,6 @@ def _model_info(config: ServeConfig, graph) -> ModelInfo:
                           override_generation_config=generation.override_generation_config)
     info.generation.log_applied(f"model {config.served_model_name!r}")
     return info
-
-
-async def _read_json(request) -> dict:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise bad_request(f"Content-Type must be application/json, got {ctype or 'none'!r}", None,
-                          code="invalid_content_type")
-    raw = await request.body()
-    try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}", None, code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}", None,
-                          code="invalid_json")
-    return body
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _event(chunk: dict) -> str:
