@@ -159,6 +159,19 @@ class ChatCompletionRequest(_Sampling):
     parallel_tool_calls: bool = True  # False: at most one call per reply
 
 
+class ErrorObject(BaseModel):
+    message: str
+    type: str  # invalid_request_error | rate_limit_error | server_error
+    param: str | None  # the request field at fault, when one is
+    code: str | None  # e.g. invalid_value, context_length_exceeded, invalid_api_key, rate_limit_exceeded
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (`tideflow.serve.errors`)."""
+
+    error: ErrorObject
+
+
 class TokenizeCompletionRequest(_Body):
     """`POST /tokenize` of a completion prompt (vLLM's shape)."""
 

@@ -20,10 +20,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+import tideflow
 from tideflow.outputs import RequestOutput, best_completions
 from tideflow.runtime.dataflow.collector import OutputDelta, empty_output
+from tideflow.serve import openapi, tokenize_routes
 from tideflow.serve.admission import ARRIVAL, QUEUED, Admission, AdmissionMiddleware
-from tideflow.serve import tokenize_routes
 from tideflow.serve.config import ServeConfig
 from tideflow.serve.embeddings import embeddings_response, prepare_embeddings
 from tideflow.serve.errors import (
@@ -37,7 +38,14 @@ from tideflow.serve.json_body import read_json
 from tideflow.serve.metrics import CONTENT_TYPE, ServeMetrics
 from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.prepare import Prepared, prepare_chat, prepare_completion
-from tideflow.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from tideflow.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
 from tideflow.serve.responses import Stream, chat_response, completion_response, without_generation
 
 logger = logging.getLogger(__name__)
@@ -215,7 +223,8 @@ class OpenAIServer:
 
 def build_asgi_app(server: OpenAIServer):
     """The FastAPI app of one replica, wrapped in its admission control."""
-    app = FastAPI(title="tideflow OpenAI-compatible server", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="tideflow OpenAI-compatible server", version=tideflow.__version__, docs_url=None,
+                  redoc_url=None, openapi_url="/openapi.json")
 
     def error_response(error: APIError) -> JSONResponse:
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
@@ -234,23 +243,26 @@ def build_asgi_app(server: OpenAIServer):
         logger.exception("unexpected error")
         return error_response(server_error(f"internal error: {type(exc).__name__}"))
 
-    @app.post("/v1/completions")
+    generation_errors = openapi.errors(*openapi.GENERATION_ERRORS)
+
+    @app.post("/v1/completions", openapi_extra=openapi.body(CompletionRequest), responses=generation_errors)
     async def completions(request: Request):
         return await server.generate(request, "completion")
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi.body(ChatCompletionRequest), responses=generation_errors)
     async def chat_completions(request: Request):
         return await server.generate(request, "chat")
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", openapi_extra=openapi.body(EmbeddingRequest), responses=generation_errors)
     async def embeddings(request: Request):
         return await server.embeddings(request)
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", openapi_extra=openapi.body(TokenizeCompletionRequest, TokenizeChatRequest),
+              responses=openapi.errors(400, 404))
     async def tokenize(request: Request):
         return tokenize_routes.tokenize(await read_json(request), server.info)
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", openapi_extra=openapi.body(DetokenizeRequest), responses=openapi.errors(400, 404))
     async def detokenize(request: Request):
         return tokenize_routes.detokenize(await read_json(request), server.info)
 
@@ -262,13 +274,13 @@ def build_asgi_app(server: OpenAIServer):
     async def models():
         return server.models()
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", responses=openapi.errors(404))
     async def model(model_id: str):
         if model_id != server.info.name:
             raise model_not_found(model_id)
         return server.models()["data"][0]
 
-    @app.get("/health")
+    @app.get("/health", responses=openapi.errors(503))
     async def health():
         reason = await server.health()
         if reason is not None:
@@ -279,6 +291,7 @@ def build_asgi_app(server: OpenAIServer):
     async def metrics():
         return Response(await server.metrics_text(), media_type=CONTENT_TYPE)
 
+    openapi.install(app, keyed=False)
     app.add_middleware(
         AdmissionMiddleware,
         admission=server.admission,
