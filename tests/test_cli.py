@@ -153,6 +153,25 @@ def test_serve_passes_the_tool_call_parser_on(monkeypatch, capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_serve_passes_the_keys_on(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    import tideflow.serve.launcher as launcher
+
+    given = {}
+    monkeypatch.setattr(launcher, "serve_forever", lambda config, **where: given.update(config) or 0)
+    assert main(["serve", "--api-key", "sk-1", "--api-key", "sk-2", "--api-key-file", "keys.txt"]) == 0
+    assert (given["api_keys"], given["api_key_file"]) == (("sk-1", "sk-2"), "keys.txt")
+    assert main(["serve"]) == 0
+    assert given["api_keys"] == ()
+    monkeypatch.undo()
+    # checked before anything starts, and no key is ever printed
+    model = tiny_model_dir("llama")
+    for flags, needle in [(["--api-key", "sk secret"], "api_keys[0]"),
+                          (["--api-key-file", str(tmp_path / "none.txt")], "cannot read")]:
+        assert main(["serve", "--model", model, *flags]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "secret" not in err
+
+
 def test_unknown_command_exits_with_usage(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])

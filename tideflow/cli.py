@@ -28,6 +28,8 @@ def _serve(args: argparse.Namespace) -> int:
         "health_check_period_s": args.health_check_period_s,
         "tool_call_parser": args.tool_call_parser,
         "migration_limit": args.migration_limit,
+        "api_keys": tuple(args.api_key or ()),
+        "api_key_file": args.api_key_file,
         "engine_options": engine_options(args),
     }
     try:
@@ -195,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between Serve's health checks; 3 failed ones (a dead stage) replace the replica")
     serve.add_argument("--tool-call-parser", default=None, choices=sorted(TOOL_PARSERS),
                        help='how tool_choice "auto" finds tool calls in a reply (without one, "auto" is refused)')
+    keys = serve.add_argument_group("API keys")
+    keys.add_argument("--api-key", action="append", default=None, metavar="KEY",
+                      help="require `Authorization: Bearer KEY` on /v1 routes; repeat for several keys (a flag "
+                           "shows in `ps`: prefer --api-key-file or TIDEFLOW_API_KEY, used when no key is given)")
+    keys.add_argument("--api-key-file", default=None, metavar="FILE", help="API keys, one per line (# comments)")
     add_engine_args(serve)
     serve.set_defaults(func=_serve)
 

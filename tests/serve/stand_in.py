@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from typing import NamedTuple
 
 from tideflow import LLM
 from tideflow.runtime.dataflow.collector import CompletionDelta, OutputDelta
@@ -14,8 +15,28 @@ from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.server import OpenAIServer, build_asgi_app
 
 
+class _Status:
+    """The collector's `status` actor method, as `OpenAIServer.health` calls it: nothing dead."""
+
+    @staticmethod
+    async def remote():
+        return {"dead": []}
+
+
+class _Collector:
+    status = _Status
+
+
+class _Graph:
+    name = "stand-in"
+
+
 class LLMHandle:
-    """What `OpenAIServer` needs of a `GraphHandle`: `submit_deltas`, answered by an `LLM` in one delta."""
+    """What `OpenAIServer` needs of a `GraphHandle`: `submit_deltas`, answered by an `LLM` in one
+    delta; a graph name and a collector whose status reports nothing dead (for /health)."""
+
+    graph = _Graph
+    collector = _Collector
 
     def __init__(self, llm: LLM):
         self.llm = llm
@@ -44,19 +65,35 @@ def stand_in_app(model_dir: str, **engine_options):
     return build_asgi_app(stand_in_server(model_dir, **engine_options))
 
 
-def call(app, method: str, path: str, body=None, ctype: str | None = None) -> tuple[int, dict | str]:
+class Reply(NamedTuple):
+    status: int
+    body: dict | str  # the JSON body, or the text of an SSE stream
+    headers: dict[str, str]  # names in lower case
+
+
+def call(app, method: str, path: str, body=None, ctype: str | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict | str]:
     """One request to an ASGI app: (status, the JSON body, or the text of an SSE stream).
     `body`: a dict is sent as JSON, str or bytes raw; `ctype` "" sends no content type."""
+    reply = asyncio.run(ask(app, method, path, body, ctype, headers))
+    return reply.status, reply.body
+
+
+async def ask(app, method: str, path: str, body=None, ctype: str | None = None, headers: dict[str, str] | None = None,
+              root_path: str = "") -> Reply:
+    """`call` inside a running event loop (requests in flight together), with the response's
+    headers. `root_path`: the route prefix Serve would give the app (`path` includes it)."""
     if isinstance(body, dict):
         data = json.dumps(body).encode()
     else:
         data = body.encode() if isinstance(body, str) else body or b""
     ctype = "application/json" if ctype is None else ctype
-    headers = [(b"content-type", ctype.encode())] if ctype else []
+    raw_headers = [(b"content-type", ctype.encode())] if ctype else []
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": headers, "http_version": "1.1", "scheme": "http",
-             "server": ("test", 80), "client": ("test", 1), "root_path": ""}
-    sent = {"status": None, "body": b""}
+             "headers": raw_headers, "http_version": "1.1", "scheme": "http",
+             "server": ("test", 80), "client": ("test", 1), "root_path": root_path}
+    sent = {"status": None, "body": b"", "headers": {}}
     delivered = False
 
     async def receive():
@@ -69,12 +106,14 @@ def call(app, method: str, path: str, body=None, ctype: str | None = None) -> tu
     async def send(message):
         if message["type"] == "http.response.start":
             sent["status"] = message["status"]
+            sent["headers"] = {k.decode().lower(): v.decode() for k, v in message.get("headers", ())}
         elif message["type"] == "http.response.body":
             sent["body"] += message.get("body", b"")
 
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     text = sent["body"].decode()
     try:
-        return sent["status"], json.loads(text)
+        body = json.loads(text)
     except ValueError:
-        return sent["status"], text
+        body = text
+    return Reply(sent["status"], body, sent["headers"])

@@ -1,6 +1,6 @@
 """`/openapi.json` (issue 21): every route is described, with its request body's fields (the
 routes parse their bodies themselves, so the models are named by hand) and the error object;
-every reference resolves."""
+every reference resolves; with API keys the /v1 operations declare the bearer scheme."""
 
 from __future__ import annotations
 
@@ -72,3 +72,11 @@ def test_every_route_and_its_body_fields_are_described(tiny_model_dir, llm):
     assert set(_resolve(doc, error["$ref"])["properties"]) == {"error"}
     assert "securitySchemes" not in doc["components"]
 
+
+def test_with_keys_the_v1_operations_declare_bearer_auth(tiny_model_dir, llm):
+    doc = _document(tiny_model_dir, llm, api_keys=("sk-doc",))  # /openapi.json itself stays open
+    assert doc["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            guarded = path.startswith("/v1")
+            assert ("security" in op) == guarded and ("401" in op["responses"]) == guarded, path

@@ -59,6 +59,11 @@ class ServeConfig:
     # (request migration: decode or engine replicas, 2+ of them); past it the request fails.
     # None: each stage's own `migration_limit` (else 3); 0: off --
     migration_limit: int | None = None
+    # -- who may call: `Authorization: Bearer <key>` on /v1 routes (tideflow.serve.auth).
+    # api_keys are kept out of repr, so a logged config never shows them; resolved() adds those of
+    # api_key_file, else TIDEFLOW_API_KEY's; () after it: no authentication --
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_key_file: str | None = None  # one key per line (# comments); read by resolved()
 
     def __post_init__(self):
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
@@ -96,6 +101,21 @@ class ServeConfig:
         limit = self.migration_limit
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValueError(f"migration_limit must be an integer >= 0, got {limit!r}")
+        self._check_keys()
+
+    def _check_keys(self) -> None:
+        from tideflow.serve.auth import check_key
+
+        keys = self.api_keys
+        if isinstance(keys, str):  # `serve run ... api_keys=KEY`: one key
+            keys = (keys,)
+        if not isinstance(keys, (list, tuple)):
+            raise ValueError(f"api_keys must be a list of keys, got a {type(keys).__name__}")
+        for i, key in enumerate(keys):
+            check_key(key, f"api_keys[{i}]")
+        object.__setattr__(self, "api_keys", tuple(keys))
+        if self.api_key_file is not None and (not isinstance(self.api_key_file, str) or not self.api_key_file):
+            raise ValueError(f"api_key_file must be a file path, got {self.api_key_file!r}")
 
     @property
     def graph_is_builtin(self) -> bool:
@@ -139,7 +159,14 @@ class ServeConfig:
                              "nor an org/name hub id")
         _check_generation_options(self.engine_options)
         name = self.served_model_name or os.path.basename(os.path.normpath(named)).removesuffix(".gguf")
-        return dataclasses.replace(self, model=model, served_model_name=name)
+        return dataclasses.replace(self, model=model, served_model_name=name, **self._resolved_keys())
+
+    def _resolved_keys(self) -> dict[str, Any]:
+        """api_keys with api_key_file's keys (read here, in the process that starts the app, so
+        replicas need not see the file), else TIDEFLOW_API_KEY's; api_key_file then done."""
+        from tideflow.serve.auth import resolve_keys
+
+        return {"api_keys": resolve_keys(self.api_keys, self.api_key_file), "api_key_file": None}
 
 
 def _check_generation_options(options: Mapping[str, Any]) -> None:

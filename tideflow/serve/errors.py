@@ -1,7 +1,8 @@
 """OpenAI error objects: `{"error": {"message", "type", "param", "code"}}` and their statuses.
 
-Client mistakes are 400 (`invalid_request_error`) or 404 (`model_not_found`); overload is a
-429 with Retry-After; failures on the server's side are 500 / 503 (`server_error`).
+Client mistakes are 400 (`invalid_request_error`) or 404 (`model_not_found`); a missing or
+wrong API key is a 401; overload is a 429 with Retry-After; failures on the server's side are
+500 / 503 (`server_error`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def bad_request(message: str, param: str | None = None, code: str | None = "inva
 
 def model_not_found(name: str) -> APIError:
     return APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+
+
+def unauthorized(missing: bool) -> APIError:
+    """401 for a /v1 request without a valid key, as OpenAI answers it. The key a client sent is
+    never echoed (OpenAI shows part of it; a server whose logs or proxies keep bodies should not)."""
+    message = ("You didn't provide an API key: send it as an `Authorization: Bearer <key>` header." if missing
+               else "Incorrect API key provided.")
+    return APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 def overloaded(retry_after_s: int) -> APIError:
@@ -109,3 +118,13 @@ def _dotted(loc) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
     return out
+
+
+async def send_error(send, error: APIError, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """Answer an ASGI request with `error`, from a middleware (before any route ran)."""
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    headers += list(extra_headers)
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

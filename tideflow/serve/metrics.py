@@ -83,6 +83,9 @@ class ServeMetrics:
                                 _LABELS + ["finished_reason"], registry=r)
         self._rejected = Counter("tideflow:request_rejected", "Requests refused (429) because the replica was full.",
                                  _LABELS, registry=r).labels(m)
+        self._unauthorized = Counter("tideflow:request_unauthorized",
+                                     "Requests refused (401) for a missing or wrong API key.", _LABELS,
+                                     registry=r).labels(m)
         self.model_name = model_name
         self.graph = GraphStats(model_name)
         r.register(self.graph)
@@ -92,6 +95,9 @@ class ServeMetrics:
 
     def rejected(self) -> None:
         self._rejected.inc()
+
+    def unauthorized(self) -> None:
+        self._unauthorized.inc()
 
     def exposition(self, stats: dict | None) -> bytes:
         if stats is not None:

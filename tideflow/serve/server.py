@@ -4,6 +4,9 @@ Requests are parsed and validated in full (`tideflow.serve.prepare`) before anyt
 submitted; then every prompt of a request becomes one streaming `GraphHandle.submit`, whose
 iterator is always closed on the way out, so a client that goes away (Serve cancels the
 handler) aborts its requests and frees their KV blocks.
+
+The app's door, outermost first: API keys on /v1 (`auth`, when keys are set), admission
+(`admission`). Each is an ASGI middleware, so a refusal costs no parsing.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tideflow.outputs import RequestOutput, best_completions
 from tideflow.runtime.dataflow.collector import OutputDelta, empty_output
 from tideflow.serve import openapi, tokenize_routes
 from tideflow.serve.admission import ARRIVAL, QUEUED, Admission, AdmissionMiddleware
+from tideflow.serve.auth import ApiKeys, AuthMiddleware
 from tideflow.serve.config import ServeConfig
 from tideflow.serve.embeddings import embeddings_response, prepare_embeddings
 from tideflow.serve.errors import (
@@ -60,6 +64,7 @@ class OpenAIServer:
         self.info = info
         self.metrics = ServeMetrics(info.name)
         self.admission = Admission(config.max_ongoing_requests, config.max_queued_requests)
+        self.keys = ApiKeys(config.api_keys)  # empty: no authentication
         self.dead: str | None = None  # why the graph can no longer serve, once known
 
     @classmethod
@@ -222,7 +227,7 @@ class OpenAIServer:
 
 
 def build_asgi_app(server: OpenAIServer):
-    """The FastAPI app of one replica, wrapped in its admission control."""
+    """The FastAPI app of one replica, wrapped in its door (see the module's docstring)."""
     app = FastAPI(title="tideflow OpenAI-compatible server", version=tideflow.__version__, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json")
 
@@ -291,13 +296,16 @@ def build_asgi_app(server: OpenAIServer):
     async def metrics():
         return Response(await server.metrics_text(), media_type=CONTENT_TYPE)
 
-    openapi.install(app, keyed=False)
+    openapi.install(app, keyed=len(server.keys) > 0)
+    # the last added runs first: keys, then admission
     app.add_middleware(
         AdmissionMiddleware,
         admission=server.admission,
         retry_after_s=server.config.retry_after_s,
         on_rejected=server.metrics.rejected,
     )
+    if len(server.keys):
+        app.add_middleware(AuthMiddleware, keys=server.keys, on_refused=server.metrics.unauthorized)
     return app
 
 
