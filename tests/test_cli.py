@@ -153,19 +153,22 @@ def test_serve_passes_the_tool_call_parser_on(monkeypatch, capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_serve_passes_the_keys_on(monkeypatch, capsys, tiny_model_dir, tmp_path):
+def test_serve_passes_keys_and_limits_on(monkeypatch, capsys, tiny_model_dir, tmp_path):
     import tideflow.serve.launcher as launcher
 
     given = {}
     monkeypatch.setattr(launcher, "serve_forever", lambda config, **where: given.update(config) or 0)
-    assert main(["serve", "--api-key", "sk-1", "--api-key", "sk-2", "--api-key-file", "keys.txt"]) == 0
+    assert main(["serve", "--api-key", "sk-1", "--api-key", "sk-2", "--api-key-file", "keys.txt",
+                 "--rate-limit-rpm", "60", "--rate-limit-concurrency", "4"]) == 0
     assert (given["api_keys"], given["api_key_file"]) == (("sk-1", "sk-2"), "keys.txt")
+    assert given["rate_limits"] == {"requests_per_minute": 60, "concurrent_requests": 4}
     assert main(["serve"]) == 0
-    assert given["api_keys"] == ()
+    assert (given["api_keys"], given["rate_limits"]) == ((), {})
     monkeypatch.undo()
     # checked before anything starts, and no key is ever printed
     model = tiny_model_dir("llama")
-    for flags, needle in [(["--api-key", "sk secret"], "api_keys[0]"),
+    for flags, needle in [(["--rate-limit-tpm", "0"], "tokens_per_minute must be"),
+                          (["--api-key", "sk secret"], "api_keys[0]"),
                           (["--api-key-file", str(tmp_path / "none.txt")], "cannot read")]:
         assert main(["serve", "--model", model, *flags]) == 2
         err = capsys.readouterr().err

@@ -30,6 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
         "migration_limit": args.migration_limit,
         "api_keys": tuple(args.api_key or ()),
         "api_key_file": args.api_key_file,
+        "rate_limits": _given({"requests_per_minute": args.rate_limit_rpm, "tokens_per_minute": args.rate_limit_tpm,
+                               "concurrent_requests": args.rate_limit_concurrency}),
         "engine_options": engine_options(args),
     }
     try:
@@ -37,6 +39,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # bad arguments, found before anything starts
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _given(values: dict) -> dict:
+    """The flags that were given (the rest keep their config defaults)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 # what `tideflow batch` samples with where neither its flags nor the model's generation config
@@ -197,11 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between Serve's health checks; 3 failed ones (a dead stage) replace the replica")
     serve.add_argument("--tool-call-parser", default=None, choices=sorted(TOOL_PARSERS),
                        help='how tool_choice "auto" finds tool calls in a reply (without one, "auto" is refused)')
-    keys = serve.add_argument_group("API keys")
+    keys = serve.add_argument_group("API keys and limits (per Serve replica)")
     keys.add_argument("--api-key", action="append", default=None, metavar="KEY",
                       help="require `Authorization: Bearer KEY` on /v1 routes; repeat for several keys (a flag "
                            "shows in `ps`: prefer --api-key-file or TIDEFLOW_API_KEY, used when no key is given)")
     keys.add_argument("--api-key-file", default=None, metavar="FILE", help="API keys, one per line (# comments)")
+    keys.add_argument("--rate-limit-rpm", type=int, default=None, metavar="N", help="requests per minute per key")
+    keys.add_argument("--rate-limit-tpm", type=int, default=None, metavar="N",
+                      help="tokens per minute per key (prompt + max_tokens reserved; what is not generated returns)")
+    keys.add_argument("--rate-limit-concurrency", type=int, default=None, metavar="N",
+                      help="requests in flight per key (without keys, the limits bound all clients together)")
     add_engine_args(serve)
     serve.set_defaults(func=_serve)
 

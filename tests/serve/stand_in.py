@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from typing import NamedTuple
 
 from tideflow import LLM
@@ -13,6 +14,20 @@ from tideflow.runtime.dataflow.collector import CompletionDelta, OutputDelta
 from tideflow.serve.config import ServeConfig
 from tideflow.serve.model_info import ModelInfo
 from tideflow.serve.server import OpenAIServer, build_asgi_app
+
+
+class Clock:
+    """A monotonic clock a test steps (the server's rate limits take it), so time passes
+    without sleeping."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class _Status:
@@ -50,14 +65,14 @@ class LLMHandle:
                           out.embedding)
 
 
-def stand_in_server(model_dir: str, config: ServeConfig | None = None, llm: LLM | None = None,
+def stand_in_server(model_dir: str, config: ServeConfig | None = None, clock=time.monotonic, llm: LLM | None = None,
                     **engine_options) -> OpenAIServer:
     """A server over `model_dir` (`config`, default ServeConfig()), its requests run by `llm`
-    (default: a new in-process LLM with `engine_options`)."""
+    (default: a new in-process LLM with `engine_options`). `clock`: its rate limits'."""
     name = model_dir.rstrip("/").split("/")[-1]
     info = ModelInfo.load(name, model_dir)
     llm = llm if llm is not None else LLM(model_dir, **engine_options)
-    return OpenAIServer(config or ServeConfig(), LLMHandle(llm), info)
+    return OpenAIServer(config or ServeConfig(), LLMHandle(llm), info, clock)
 
 
 def stand_in_app(model_dir: str, **engine_options):

@@ -3,6 +3,8 @@
 It is the `args` of `tideflow.serve:build_app` (a Serve config file's `args:` block, or
 `serve run tideflow.serve:build_app key=value ...`, whose values arrive as strings), parsed
 by `ServeConfig.from_args`. Every field is checked in `__post_init__`; unknown keys raise.
+`rate_limits` is a small config of its own (`tideflow.serve.rate_limits`), given as a mapping
+in a Serve config file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from tideflow.serve.rate_limits import RateLimitConfig
 
 # the integer fields and their least values
 _LOWER_BOUNDS = {"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 0, "retry_after_s": 0}
@@ -59,11 +63,12 @@ class ServeConfig:
     # (request migration: decode or engine replicas, 2+ of them); past it the request fails.
     # None: each stage's own `migration_limit` (else 3); 0: off --
     migration_limit: int | None = None
-    # -- who may call: `Authorization: Bearer <key>` on /v1 routes (tideflow.serve.auth).
+    # -- who may call, and how much: `Authorization: Bearer <key>` on /v1 routes (tideflow.serve.auth).
     # api_keys are kept out of repr, so a logged config never shows them; resolved() adds those of
     # api_key_file, else TIDEFLOW_API_KEY's; () after it: no authentication --
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_key_file: str | None = None  # one key per line (# comments); read by resolved()
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)  # per key: rpm, tpm, concurrency
 
     def __post_init__(self):
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
@@ -102,6 +107,7 @@ class ServeConfig:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValueError(f"migration_limit must be an integer >= 0, got {limit!r}")
         self._check_keys()
+        object.__setattr__(self, "rate_limits", RateLimitConfig.from_value(self.rate_limits))
 
     def _check_keys(self) -> None:
         from tideflow.serve.auth import check_key

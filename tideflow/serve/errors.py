@@ -1,13 +1,14 @@
 """OpenAI error objects: `{"error": {"message", "type", "param", "code"}}` and their statuses.
 
 Client mistakes are 400 (`invalid_request_error`) or 404 (`model_not_found`); a missing or
-wrong API key is a 401; overload is a 429 with Retry-After; failures on the server's side are
-500 / 503 (`server_error`).
+wrong API key is a 401; overload and a key over its limits are a 429 with Retry-After; failures
+on the server's side are 500 / 503 (`server_error`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
@@ -54,6 +55,19 @@ def unauthorized(missing: bool) -> APIError:
     message = ("You didn't provide an API key: send it as an `Authorization: Bearer <key>` header." if missing
                else "Incorrect API key provided.")
     return APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """Retry-After (whole seconds, at least 1, as HTTP has it) and retry-after-ms (what the openai
+    client reads first, so it waits no longer than it must)."""
+    return {"Retry-After": str(max(1, math.ceil(seconds))), "retry-after-ms": str(max(1, math.ceil(seconds * 1000)))}
+
+
+def rate_limited(message: str, wait_s: float | None) -> APIError:
+    """429 for a key over one of its limits; `wait_s` None: waiting cannot help (the request alone
+    is over the limit), so no Retry-After."""
+    return APIError(429, message, type="rate_limit_error", code="rate_limit_exceeded",
+                    headers=retry_after(wait_s) if wait_s is not None else None)
 
 
 def overloaded(retry_after_s: int) -> APIError:

@@ -86,6 +86,9 @@ class ServeMetrics:
         self._unauthorized = Counter("tideflow:request_unauthorized",
                                      "Requests refused (401) for a missing or wrong API key.", _LABELS,
                                      registry=r).labels(m)
+        self._rate_limited = Counter("tideflow:request_rate_limited",
+                                     "Requests refused (429) by their key's limits, by limit: requests, tokens, "
+                                     "concurrency.", _LABELS + ["limit"], registry=r)
         self.model_name = model_name
         self.graph = GraphStats(model_name)
         r.register(self.graph)
@@ -98,6 +101,9 @@ class ServeMetrics:
 
     def unauthorized(self) -> None:
         self._unauthorized.inc()
+
+    def rate_limited(self, limit: str) -> None:
+        self._rate_limited.labels(self.model_name, limit).inc()
 
     def exposition(self, stats: dict | None) -> bytes:
         if stats is not None:

@@ -48,6 +48,17 @@ class Prepared:
     echo_only: bool = False
     tools: ToolPlan | None = None  # chat with tools: how the output is constrained and read as tool calls
 
+    def tokens_reserved(self, max_model_len: int) -> int:
+        """The most tokens the request may use (what a key's tokens-per-minute limit reserves):
+        each prompt's tokens plus max_tokens for every completion sampled for it (best_of of
+        them; the rest of the context when max_tokens is null)."""
+        sampled = self.params.sampled_params()
+        total = 0
+        for prompt_tokens in self.num_prompt_tokens:
+            room = sampled.max_tokens if sampled.max_tokens is not None else max_model_len - prompt_tokens
+            total += prompt_tokens + sampled.n * room
+        return total
+
 
 def check_model(name: str | None, info: ModelInfo) -> None:
     if name is not None and name != info.name:

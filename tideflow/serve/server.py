@@ -5,8 +5,10 @@ submitted; then every prompt of a request becomes one streaming `GraphHandle.sub
 iterator is always closed on the way out, so a client that goes away (Serve cancels the
 handler) aborts its requests and frees their KV blocks.
 
-The app's door, outermost first: API keys on /v1 (`auth`, when keys are set), admission
-(`admission`). Each is an ASGI middleware, so a refusal costs no parsing.
+The app's door, outermost first: API keys on /v1 (`auth`), per-key limits (`rate_limits`),
+admission (`admission`). Each is an ASGI middleware, there only when configured (admission
+always), so a refusal costs no parsing; the server reports each request's token use back to
+its key's limits.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -50,6 +53,7 @@ from tideflow.serve.protocol import (
     TokenizeChatRequest,
     TokenizeCompletionRequest,
 )
+from tideflow.serve.rate_limits import LIMITS, NO_RESERVATION, RateLimiter, RateLimitMiddleware, Reservation
 from tideflow.serve.responses import Stream, chat_response, completion_response, without_generation
 
 logger = logging.getLogger(__name__)
@@ -57,14 +61,25 @@ _CONTROL_TIMEOUT_S = 10.0  # health and stats calls to the graph's actors
 _DONE = "data: [DONE]\n\n"
 
 
+@dataclass(slots=True)
+class Admitted:
+    """What the door gave one generation request."""
+
+    arrival: float  # time.monotonic() when it reached the replica
+    reservation: Reservation  # the tokens it holds from its key's limit (NO_RESERVATION without one)
+
+
 class OpenAIServer:
-    def __init__(self, config: ServeConfig, handle, info: ModelInfo):
+    def __init__(self, config: ServeConfig, handle, info: ModelInfo, clock: Callable[[], float] = time.monotonic):
+        """`clock`: what the rate limits measure time with (tests step it)."""
         self.config = config
         self.handle = handle  # tideflow.runtime.dataflow.executor.GraphHandle
         self.info = info
         self.metrics = ServeMetrics(info.name)
         self.admission = Admission(config.max_ongoing_requests, config.max_queued_requests)
         self.keys = ApiKeys(config.api_keys)  # empty: no authentication
+        self.limiter = (RateLimiter(config.rate_limits, config.retry_after_s, self.metrics.rate_limited, clock)
+                        if config.rate_limits.active else None)
         self.dead: str | None = None  # why the graph can no longer serve, once known
 
     @classmethod
@@ -112,15 +127,13 @@ class OpenAIServer:
                 prep = prepare_completion(CompletionRequest.model_validate(body, strict=True), self.info)
         except ValidationError as exc:
             raise from_validation(exc) from None
-        state = request.scope.get("state", {})
-        arrival = state.get(ARRIVAL) or time.monotonic()
-        self.metrics.queue.observe(state.get(QUEUED, 0.0))
+        admitted = self._admitted(request, prep.tokens_reserved(self.info.max_model_len), sum(prep.num_prompt_tokens))
         if prep.stream:
-            return StreamingResponse(self._sse(kind, prep, arrival), media_type="text/event-stream",
+            return StreamingResponse(self._sse(kind, prep, admitted), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         outputs: list[RequestOutput | None] = [None] * len(prep.prompts)
         try:
-            async for p, delta in self._outputs(prep, arrival):
+            async for p, delta in self._outputs(prep, admitted):
                 if outputs[p] is None:
                     outputs[p] = empty_output(delta.request_id, None, prep.params.sampled_params().n)
                 delta.apply_to(outputs[p])
@@ -140,9 +153,11 @@ class OpenAIServer:
             prep = prepare_embeddings(EmbeddingRequest.model_validate(body, strict=True), self.info)
         except ValidationError as exc:
             raise from_validation(exc) from None
+        tokens = sum(prep.num_prompt_tokens)
+        admitted = self._admitted(request, tokens, tokens)
         embeddings: list[list[float] | None] = [None] * len(prep.prompts)
         try:
-            async for p, delta in self._submitted(prep.prompts, prep.params, time.monotonic()):
+            async for p, delta in self._submitted(prep.prompts, prep.params, admitted):
                 if delta.embedding is not None:
                     embeddings[p] = delta.embedding
         except Exception as exc:  # noqa: BLE001  (admitted requests fail only on the server's side)
@@ -151,12 +166,21 @@ class OpenAIServer:
             raise server_error("the graph returned no embedding")
         return JSONResponse(embeddings_response(prep, self.info, embeddings))
 
-    async def _sse(self, kind: str, prep: Prepared, arrival: float) -> AsyncIterator[str]:
+    def _admitted(self, request, tokens: int, prompt_tokens: int) -> Admitted:
+        """A parsed request's admission: its key reserves `tokens` (a 429 raised when over its
+        limit), it joins the queue-time metric."""
+        state = request.scope.get("state", {})
+        usage = state.get(LIMITS)
+        reservation = usage.reserve(tokens, prompt_tokens) if usage is not None else NO_RESERVATION
+        self.metrics.queue.observe(state.get(QUEUED, 0.0))
+        return Admitted(state.get(ARRIVAL) or time.monotonic(), reservation)
+
+    async def _sse(self, kind: str, prep: Prepared, admitted: Admitted) -> AsyncIterator[str]:
         stream = Stream(kind, prep, self.info)
         for chunk in stream.opening():
             yield _event(chunk)
         try:
-            async for p, delta in self._outputs(prep, arrival):
+            async for p, delta in self._outputs(prep, admitted):
                 for chunk in stream.update(p, delta):
                     yield _event(chunk)
         except Exception as exc:  # noqa: BLE001  (the stream ends with an explicit error event, as vLLM's)
@@ -167,19 +191,21 @@ class OpenAIServer:
             yield _event(chunk)
         yield _DONE
 
-    async def _outputs(self, prep: Prepared, arrival: float) -> AsyncIterator[tuple[int, OutputDelta]]:
+    async def _outputs(self, prep: Prepared, admitted: Admitted) -> AsyncIterator[tuple[int, OutputDelta]]:
         """`_submitted` for a completions or chat request (an echo with max_tokens 0 less what it generated)."""
-        async for p, delta in self._submitted(prep.prompts, prep.params.sampled_params(), arrival):
+        async for p, delta in self._submitted(prep.prompts, prep.params.sampled_params(), admitted):
             yield p, without_generation(delta) if prep.echo_only else delta
 
-    async def _submitted(self, prompts: list, params, arrival: float) -> AsyncIterator[tuple[int, OutputDelta]]:
+    async def _submitted(self, prompts: list, params, admitted: Admitted) -> AsyncIterator[tuple[int, OutputDelta]]:
         """(prompt index, what its output gained) as the outputs of every prompt grow, the
         collector's deltas as they come; raises the first failure. Leaving early (an error, a
-        cancelled client) aborts what still runs."""
+        cancelled client) aborts what still runs. The key's limit gets back the tokens it did
+        not generate."""
         queue: asyncio.Queue = asyncio.Queue()
+        trackers = [self.metrics.tracker(admitted.arrival) for _ in prompts]
 
         async def pump(p: int) -> None:
-            tracker = self.metrics.tracker(arrival)
+            tracker = trackers[p]
             try:
                 async with aclosing(self.handle.submit_deltas(prompts[p], params)) as deltas:
                     async for delta in deltas:
@@ -207,6 +233,7 @@ class OpenAIServer:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            admitted.reservation.settle(sum(t.tokens for t in trackers))
 
     async def _failure(self, exc: BaseException) -> APIError:
         error = from_graph_failure(exc)
@@ -297,13 +324,15 @@ def build_asgi_app(server: OpenAIServer):
         return Response(await server.metrics_text(), media_type=CONTENT_TYPE)
 
     openapi.install(app, keyed=len(server.keys) > 0)
-    # the last added runs first: keys, then admission
+    # the last added runs first: keys, then the key's limits, then admission
     app.add_middleware(
         AdmissionMiddleware,
         admission=server.admission,
         retry_after_s=server.config.retry_after_s,
         on_rejected=server.metrics.rejected,
     )
+    if server.limiter is not None:
+        app.add_middleware(RateLimitMiddleware, limiter=server.limiter)
     if len(server.keys):
         app.add_middleware(AuthMiddleware, keys=server.keys, on_refused=server.metrics.unauthorized)
     return app
