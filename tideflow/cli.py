@@ -32,6 +32,9 @@ def _serve(args: argparse.Namespace) -> int:
         "api_key_file": args.api_key_file,
         "rate_limits": _given({"requests_per_minute": args.rate_limit_rpm, "tokens_per_minute": args.rate_limit_tpm,
                                "concurrent_requests": args.rate_limit_concurrency}),
+        "breaker": _given({"ttft_s": args.breaker_ttft_s, "error_rate": args.breaker_error_rate,
+                           "window_s": args.breaker_window_s, "min_requests": args.breaker_min_requests,
+                           "open_s": args.breaker_open_s}),
         "engine_options": engine_options(args),
     }
     try:
@@ -214,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tokens per minute per key (prompt + max_tokens reserved; what is not generated returns)")
     keys.add_argument("--rate-limit-concurrency", type=int, default=None, metavar="N",
                       help="requests in flight per key (without keys, the limits bound all clients together)")
+    keys.add_argument("--breaker-ttft-s", type=float, default=None, metavar="S",
+                      help="shed load (503) while most requests wait longer than S for their first output")
+    keys.add_argument("--breaker-error-rate", type=float, default=None, metavar="R",
+                      help="shed load (503) while more than this fraction of requests fail in the graph")
+    keys.add_argument("--breaker-window-s", type=float, default=None, metavar="S",
+                      help="seconds of requests the breaker judges (default 30)")
+    keys.add_argument("--breaker-min-requests", type=int, default=None, metavar="N",
+                      help="requests in the window before it judges (default 10)")
+    keys.add_argument("--breaker-open-s", type=float, default=None, metavar="S",
+                      help="seconds it sheds before one probe request goes through (default 10)")
     add_engine_args(serve)
     serve.set_defaults(func=_serve)
 

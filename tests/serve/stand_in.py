@@ -17,8 +17,8 @@ from tideflow.serve.server import OpenAIServer, build_asgi_app
 
 
 class Clock:
-    """A monotonic clock a test steps (the server's rate limits take it), so time passes
-    without sleeping."""
+    """A monotonic clock a test steps (the server's breaker and rate limits take it), so time
+    passes without sleeping."""
 
     def __init__(self):
         self.now = 1000.0
@@ -68,7 +68,7 @@ class LLMHandle:
 def stand_in_server(model_dir: str, config: ServeConfig | None = None, clock=time.monotonic, llm: LLM | None = None,
                     **engine_options) -> OpenAIServer:
     """A server over `model_dir` (`config`, default ServeConfig()), its requests run by `llm`
-    (default: a new in-process LLM with `engine_options`). `clock`: its rate limits'."""
+    (default: a new in-process LLM with `engine_options`). `clock`: its breaker's and limits'."""
     name = model_dir.rstrip("/").split("/")[-1]
     info = ModelInfo.load(name, model_dir)
     llm = llm if llm is not None else LLM(model_dir, **engine_options)

@@ -13,7 +13,8 @@ Modules: `config` (ServeConfig), `protocol` (request bodies), `json_body` (readi
 `prepare` (validation -> SamplingParams), `tools` (tools and tool_choice -> the template's tools,
 a constraint, a parser), `tool_parsers/` (tool calls found in replies), `responses` (OpenAI
 response / chunk rendering), `tool_responses` (tool calls in responses and chunks), `errors`,
-`auth` (API keys, 401), `rate_limits` (per-key limits, 429), `admission` (bounded in-flight requests, 429), `metrics`, `openapi` (/openapi.json),
+`auth` (API keys, 401), `breaker` (the circuit breaker, 503), `rate_limits` (per-key limits,
+429), `admission` (bounded in-flight requests, 429), `metrics`, `openapi` (/openapi.json),
 `server` (the replica's server and HTTP app), `deployment` (the Serve deployment, `build_app`),
 `launcher`.
 Importing this package loads neither ray nor torch.

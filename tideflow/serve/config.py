@@ -3,8 +3,8 @@
 It is the `args` of `tideflow.serve:build_app` (a Serve config file's `args:` block, or
 `serve run tideflow.serve:build_app key=value ...`, whose values arrive as strings), parsed
 by `ServeConfig.from_args`. Every field is checked in `__post_init__`; unknown keys raise.
-`rate_limits` is a small config of its own (`tideflow.serve.rate_limits`), given as a mapping
-in a Serve config file.
+`rate_limits` and `breaker` are small configs of their own (`tideflow.serve.rate_limits`,
+`tideflow.serve.breaker`), given as mappings in a Serve config file.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tideflow.serve.breaker import BreakerConfig
 from tideflow.serve.rate_limits import RateLimitConfig
 
 # the integer fields and their least values
@@ -69,6 +70,7 @@ class ServeConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_key_file: str | None = None  # one key per line (# comments); read by resolved()
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)  # per key: rpm, tpm, concurrency
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)  # sheds load while the graph is slow or failing
 
     def __post_init__(self):
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
@@ -108,6 +110,7 @@ class ServeConfig:
             raise ValueError(f"migration_limit must be an integer >= 0, got {limit!r}")
         self._check_keys()
         object.__setattr__(self, "rate_limits", RateLimitConfig.from_value(self.rate_limits))
+        object.__setattr__(self, "breaker", BreakerConfig.from_value(self.breaker))
 
     def _check_keys(self) -> None:
         from tideflow.serve.auth import check_key

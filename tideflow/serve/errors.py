@@ -2,7 +2,8 @@
 
 Client mistakes are 400 (`invalid_request_error`) or 404 (`model_not_found`); a missing or
 wrong API key is a 401; overload and a key over its limits are a 429 with Retry-After; failures
-on the server's side are 500 / 503 (`server_error`).
+on the server's side are 500 / 503 (`server_error`), and so is a graph whose circuit breaker is
+open (503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def rate_limited(message: str, wait_s: float | None) -> APIError:
     is over the limit), so no Retry-After."""
     return APIError(429, message, type="rate_limit_error", code="rate_limit_exceeded",
                     headers=retry_after(wait_s) if wait_s is not None else None)
+
+
+def shed(wait_s: float) -> APIError:
+    """503 while the graph's circuit breaker is open."""
+    return APIError(503, "The model is overloaded (slow or failing requests); retry later.", type="server_error",
+                    code="service_unavailable", headers=retry_after(wait_s))
 
 
 def overloaded(retry_after_s: int) -> APIError:

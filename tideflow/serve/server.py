@@ -5,10 +5,10 @@ submitted; then every prompt of a request becomes one streaming `GraphHandle.sub
 iterator is always closed on the way out, so a client that goes away (Serve cancels the
 handler) aborts its requests and frees their KV blocks.
 
-The app's door, outermost first: API keys on /v1 (`auth`), per-key limits (`rate_limits`),
-admission (`admission`). Each is an ASGI middleware, there only when configured (admission
-always), so a refusal costs no parsing; the server reports each request's token use back to
-its key's limits.
+The app's door, outermost first: API keys on /v1 (`auth`), the circuit breaker (`breaker`),
+per-key limits (`rate_limits`), admission (`admission`). Each is an ASGI middleware, there only
+when configured (admission always), so a refusal costs no parsing; the server reports each
+request's outcome back to the breaker and its token use back to its key's limits.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from tideflow.runtime.dataflow.collector import OutputDelta, empty_output
 from tideflow.serve import openapi, tokenize_routes
 from tideflow.serve.admission import ARRIVAL, QUEUED, Admission, AdmissionMiddleware
 from tideflow.serve.auth import ApiKeys, AuthMiddleware
+from tideflow.serve.breaker import CLOSED, HALF_OPEN, NO_TICKET, TICKET, BreakerMiddleware, CircuitBreaker, Ticket
 from tideflow.serve.config import ServeConfig
 from tideflow.serve.embeddings import embeddings_response, prepare_embeddings
 from tideflow.serve.errors import (
@@ -59,6 +60,7 @@ from tideflow.serve.responses import Stream, chat_response, completion_response,
 logger = logging.getLogger(__name__)
 _CONTROL_TIMEOUT_S = 10.0  # health and stats calls to the graph's actors
 _DONE = "data: [DONE]\n\n"
+_BREAKER_STATES = {CLOSED: 0, HALF_OPEN: 1}  # else open: 2 (tideflow:circuit_breaker_state)
 
 
 @dataclass(slots=True)
@@ -66,12 +68,13 @@ class Admitted:
     """What the door gave one generation request."""
 
     arrival: float  # time.monotonic() when it reached the replica
+    ticket: Ticket  # its place in the circuit breaker (NO_TICKET without one)
     reservation: Reservation  # the tokens it holds from its key's limit (NO_RESERVATION without one)
 
 
 class OpenAIServer:
     def __init__(self, config: ServeConfig, handle, info: ModelInfo, clock: Callable[[], float] = time.monotonic):
-        """`clock`: what the rate limits measure time with (tests step it)."""
+        """`clock`: what the breaker and the rate limits measure time with (tests step it)."""
         self.config = config
         self.handle = handle  # tideflow.runtime.dataflow.executor.GraphHandle
         self.info = info
@@ -80,6 +83,7 @@ class OpenAIServer:
         self.keys = ApiKeys(config.api_keys)  # empty: no authentication
         self.limiter = (RateLimiter(config.rate_limits, config.retry_after_s, self.metrics.rate_limited, clock)
                         if config.rate_limits.active else None)
+        self.breaker = CircuitBreaker(config.breaker, clock) if config.breaker.active else None
         self.dead: str | None = None  # why the graph can no longer serve, once known
 
     @classmethod
@@ -173,7 +177,7 @@ class OpenAIServer:
         usage = state.get(LIMITS)
         reservation = usage.reserve(tokens, prompt_tokens) if usage is not None else NO_RESERVATION
         self.metrics.queue.observe(state.get(QUEUED, 0.0))
-        return Admitted(state.get(ARRIVAL) or time.monotonic(), reservation)
+        return Admitted(state.get(ARRIVAL) or time.monotonic(), state.get(TICKET, NO_TICKET), reservation)
 
     async def _sse(self, kind: str, prep: Prepared, admitted: Admitted) -> AsyncIterator[str]:
         stream = Stream(kind, prep, self.info)
@@ -199,10 +203,11 @@ class OpenAIServer:
     async def _submitted(self, prompts: list, params, admitted: Admitted) -> AsyncIterator[tuple[int, OutputDelta]]:
         """(prompt index, what its output gained) as the outputs of every prompt grow, the
         collector's deltas as they come; raises the first failure. Leaving early (an error, a
-        cancelled client) aborts what still runs. The key's limit gets back the tokens it did
-        not generate."""
+        cancelled client) aborts what still runs. The breaker hears of the first output and
+        of how the request ended; the key's limit gets back the tokens it did not generate."""
         queue: asyncio.Queue = asyncio.Queue()
         trackers = [self.metrics.tracker(admitted.arrival) for _ in prompts]
+        ticket = admitted.ticket
 
         async def pump(p: int) -> None:
             tracker = trackers[p]
@@ -224,11 +229,14 @@ class OpenAIServer:
             while running:
                 p, out, exc = await queue.get()
                 if exc is not None:
+                    ticket.finished(failed=True)
                     raise exc
                 if out is None:
                     running -= 1
                 else:
+                    ticket.first_output()
                     yield p, out
+            ticket.finished(failed=False)
         finally:
             for t in tasks:
                 t.cancel()
@@ -250,6 +258,8 @@ class OpenAIServer:
         return {"object": "list", "data": [card]}
 
     async def metrics_text(self) -> bytes:
+        if self.breaker is not None:
+            self.metrics.breaker_state.set(_BREAKER_STATES.get(self.breaker.state, 2))
         return self.metrics.exposition(await self.stats())
 
 
@@ -324,7 +334,7 @@ def build_asgi_app(server: OpenAIServer):
         return Response(await server.metrics_text(), media_type=CONTENT_TYPE)
 
     openapi.install(app, keyed=len(server.keys) > 0)
-    # the last added runs first: keys, then the key's limits, then admission
+    # the last added runs first: keys, then the breaker, then the key's limits, then admission
     app.add_middleware(
         AdmissionMiddleware,
         admission=server.admission,
@@ -333,6 +343,8 @@ def build_asgi_app(server: OpenAIServer):
     )
     if server.limiter is not None:
         app.add_middleware(RateLimitMiddleware, limiter=server.limiter)
+    if server.breaker is not None:
+        app.add_middleware(BreakerMiddleware, breaker=server.breaker, on_shed=server.metrics.shed)
     if len(server.keys):
         app.add_middleware(AuthMiddleware, keys=server.keys, on_refused=server.metrics.unauthorized)
     return app
