@@ -153,6 +153,30 @@ def test_serve_passes_the_tool_call_parser_on(monkeypatch, capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_serve_passes_keys_limits_and_the_breaker_on(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    import tideflow.serve.launcher as launcher
+
+    given = {}
+    monkeypatch.setattr(launcher, "serve_forever", lambda config, **where: given.update(config) or 0)
+    assert main(["serve", "--api-key", "sk-1", "--api-key", "sk-2", "--api-key-file", "keys.txt",
+                 "--rate-limit-rpm", "60", "--rate-limit-concurrency", "4", "--breaker-ttft-s", "2.5"]) == 0
+    assert (given["api_keys"], given["api_key_file"]) == (("sk-1", "sk-2"), "keys.txt")
+    assert given["rate_limits"] == {"requests_per_minute": 60, "concurrent_requests": 4}
+    assert given["breaker"] == {"ttft_s": 2.5}  # the rest keep BreakerConfig's defaults
+    assert main(["serve"]) == 0
+    assert (given["api_keys"], given["rate_limits"], given["breaker"]) == ((), {}, {})
+    monkeypatch.undo()
+    # checked before anything starts, and no key is ever printed
+    model = tiny_model_dir("llama")
+    for flags, needle in [(["--rate-limit-tpm", "0"], "tokens_per_minute must be"),
+                          (["--breaker-error-rate", "2"], "error_rate must be"),
+                          (["--api-key", "sk secret"], "api_keys[0]"),
+                          (["--api-key-file", str(tmp_path / "none.txt")], "cannot read")]:
+        assert main(["serve", "--model", model, *flags]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "secret" not in err
+
+
 def test_unknown_command_exits_with_usage(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])

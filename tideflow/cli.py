@@ -28,6 +28,13 @@ def _serve(args: argparse.Namespace) -> int:
         "health_check_period_s": args.health_check_period_s,
         "tool_call_parser": args.tool_call_parser,
         "migration_limit": args.migration_limit,
+        "api_keys": tuple(args.api_key or ()),
+        "api_key_file": args.api_key_file,
+        "rate_limits": _given({"requests_per_minute": args.rate_limit_rpm, "tokens_per_minute": args.rate_limit_tpm,
+                               "concurrent_requests": args.rate_limit_concurrency}),
+        "breaker": _given({"ttft_s": args.breaker_ttft_s, "error_rate": args.breaker_error_rate,
+                           "window_s": args.breaker_window_s, "min_requests": args.breaker_min_requests,
+                           "open_s": args.breaker_open_s}),
         "engine_options": engine_options(args),
     }
     try:
@@ -35,6 +42,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # bad arguments, found before anything starts
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _given(values: dict) -> dict:
+    """The flags that were given (the rest keep their config defaults)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 # what `tideflow batch` samples with where neither its flags nor the model's generation config
@@ -195,6 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between Serve's health checks; 3 failed ones (a dead stage) replace the replica")
     serve.add_argument("--tool-call-parser", default=None, choices=sorted(TOOL_PARSERS),
                        help='how tool_choice "auto" finds tool calls in a reply (without one, "auto" is refused)')
+    keys = serve.add_argument_group("API keys and limits (per Serve replica)")
+    keys.add_argument("--api-key", action="append", default=None, metavar="KEY",
+                      help="require `Authorization: Bearer KEY` on /v1 routes; repeat for several keys (a flag "
+                           "shows in `ps`: prefer --api-key-file or TIDEFLOW_API_KEY, used when no key is given)")
+    keys.add_argument("--api-key-file", default=None, metavar="FILE", help="API keys, one per line (# comments)")
+    keys.add_argument("--rate-limit-rpm", type=int, default=None, metavar="N", help="requests per minute per key")
+    keys.add_argument("--rate-limit-tpm", type=int, default=None, metavar="N",
+                      help="tokens per minute per key (prompt + max_tokens reserved; what is not generated returns)")
+    keys.add_argument("--rate-limit-concurrency", type=int, default=None, metavar="N",
+                      help="requests in flight per key (without keys, the limits bound all clients together)")
+    keys.add_argument("--breaker-ttft-s", type=float, default=None, metavar="S",
+                      help="shed load (503) while most requests wait longer than S for their first output")
+    keys.add_argument("--breaker-error-rate", type=float, default=None, metavar="R",
+                      help="shed load (503) while more than this fraction of requests fail in the graph")
+    keys.add_argument("--breaker-window-s", type=float, default=None, metavar="S",
+                      help="seconds of requests the breaker judges (default 30)")
+    keys.add_argument("--breaker-min-requests", type=int, default=None, metavar="N",
+                      help="requests in the window before it judges (default 10)")
+    keys.add_argument("--breaker-open-s", type=float, default=None, metavar="S",
+                      help="seconds it sheds before one probe request goes through (default 10)")
     add_engine_args(serve)
     serve.set_defaults(func=_serve)
 

@@ -1,6 +1,7 @@
 """docs/reliability.md's bad-input matrix over raw HTTP: each mistake is a 400 (404 for an unknown
-model) with an OpenAI error object naming the parameter; none reaches the graph, so the next
-valid greedy request gives the same output as before, and the replica stays healthy."""
+model) with an OpenAI error object naming the parameter (or none, for a body that is wrong as a
+whole); none reaches the graph, so the next valid greedy request gives the same output as
+before, and the replica stays healthy."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ LONG_TEXT = "x = 1\n" * 2000  # far past the tiny model's 1024 tokens
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+DEEP = '{"prompt": "hi", "max_tokens": 2, "extra": ' + "[" * 5000 + "]" * 5000 + "}"  # was a 500 (RecursionError)
+
+
+def _nested_schema(levels: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(levels):  # two levels of the body each ("properties", then the property)
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+HUGE = "x" * 10_000_000  # 10 MB: was tokenized for 16 s before its context-length 400
 
 # (case, path, body (dict -> JSON; str/bytes -> sent raw), content type, status, error param)
 CASES = [
@@ -165,6 +177,17 @@ CASES = [
       "tool_choice": "required"}, None, 400, "tools"),
     ("tool_calls on a user message", "chat/completions",
      {**CHAT, "messages": [{"role": "user", "content": "hi", "tool_calls": [CALL]}]}, None, 400, "messages"),
+    ("unknown role", "chat/completions", {**CHAT, "messages": [{"role": "alien", "content": "hi"}]}, None, 400,
+     "messages"),
+    ("body nested 5,000 deep", "completions", DEEP, None, 400, None),
+    ("schema nested past the bound", "chat/completions",
+     {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": _nested_schema(60)}}},
+     None, 400, None),
+    ("10 MB prompt", "completions", {**GOOD, "prompt": HUGE}, None, 400, "prompt"),
+    ("10 MB in a prompt list", "completions", {**GOOD, "prompt": ["hi", HUGE]}, None, 400, "prompt"),
+    ("10 MB chat message", "chat/completions", {**CHAT, "messages": [{"role": "user", "content": HUGE}]}, None, 400,
+     "messages"),
+    ("10 MB embeddings input", "embeddings", {"input": HUGE}, None, 400, "input"),
     ("unknown model", "completions", {**GOOD, "model": "gpt-17"}, None, 404, "model"),
     ("unknown model (chat)", "chat/completions", {**CHAT, "model": "gpt-17"}, None, 404, "model"),
 ]

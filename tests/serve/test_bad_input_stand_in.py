@@ -1,19 +1,25 @@
 """The bad-input matrix (test_bad_input.CASES) on a Ray-free stand-in server: every case is
 the same 400/404 naming the same parameter; unknown fields are ignored and the new sampling
-fields are accepted."""
+fields are accepted; text too large for the context is refused without tokenizing it."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.serve.stand_in import call, stand_in_app
+from tests.serve.stand_in import call, stand_in_server
+from tideflow.serve.server import build_asgi_app
 
-from .test_bad_input import CASES, GOOD
+from .test_bad_input import CASES, GOOD, HUGE
 
 
 @pytest.fixture(scope="module")
-def app(tiny_model_dir):
-    return stand_in_app(tiny_model_dir("llama"), dtype="float32")
+def server(tiny_model_dir):
+    return stand_in_server(tiny_model_dir("llama"), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def app(server):
+    return build_asgi_app(server)
 
 
 def test_the_matrix_on_the_stand_in(app):
@@ -48,3 +54,29 @@ def test_prompt_logprobs_field(app):
                           {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "prompt_logprobs": 0})
     assert status == 200, answer
     assert answer["prompt_logprobs"][0] is None and all(len(e) == 1 for e in answer["prompt_logprobs"][1:])
+
+
+def test_text_too_large_for_the_context_is_refused_before_tokenizing(app, server, monkeypatch):
+    def tokenize(*args, **kwargs):
+        raise AssertionError("the tokenizer ran")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(server.info.prompts, "encode_text", tokenize)
+        patch.setattr(server.info.prompts, "encode_chat", tokenize)
+        for path, body, param in [("completions", {**GOOD, "prompt": HUGE}, "prompt"),
+                                  ("chat/completions", {"messages": [{"role": "user", "content": "é" * 40_000},
+                                                                     {"role": "user", "content": "é" * 40_000}]},
+                                   "messages"),  # 160,000 bytes over two messages, past 1024 * 50
+                                  ("embeddings", {"input": HUGE}, "input")]:
+            status, answer = call(app, "POST", f"/v1/{path}", body)
+            assert status == 400, answer
+            assert (answer["error"]["param"], answer["error"]["code"]) == (param, "context_length_exceeded")
+            assert "bytes of text" in answer["error"]["message"]
+    # the bound: the context's length in the vocabulary's longest tokens (a newline and 24 spaces
+    # written as 50 bytes of byte-level entries, for the tiny model); at it, the tokenizer runs
+    # and the token count decides
+    assert server.info.max_token_bytes == 50
+    at_bound = "x " * (server.info.max_model_len * server.info.max_token_bytes // 2)
+    status, answer = call(app, "POST", "/v1/completions", {**GOOD, "prompt": at_bound})
+    assert status == 400 and "bytes of text" not in answer["error"]["message"]
+    assert answer["error"]["code"] == "context_length_exceeded"

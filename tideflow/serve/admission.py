@@ -11,11 +11,10 @@ replica to be refused here rather than wait unseen in Serve's queue.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 
-from tideflow.serve.errors import overloaded
+from tideflow.serve.errors import overloaded, send_error
 
 GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 ARRIVAL = "tideflow_arrival"  # scope["state"] key: time.monotonic() when the request reached the replica
@@ -44,13 +43,13 @@ class AdmissionMiddleware:
         self.on_rejected = on_rejected
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or not _path(scope).endswith(GENERATION_PATHS):
+        if not is_generation(scope):
             return await self.app(scope, receive, send)
         adm = self.admission
         arrival = time.monotonic()
         if adm.full:
             self.on_rejected()
-            return await _send_error(send, overloaded(self.retry_after_s))
+            return await send_error(send, overloaded(self.retry_after_s))
         adm.admitted += 1
         try:
             async with adm.slots:
@@ -61,13 +60,7 @@ class AdmissionMiddleware:
             adm.admitted -= 1
 
 
-def _path(scope) -> str:
-    return scope.get("path", "").rstrip("/")
-
-
-async def _send_error(send, error) -> None:
-    body = json.dumps(error.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+def is_generation(scope) -> bool:
+    """Whether an ASGI scope is a POST to one of the generation paths (what runs in the graph)."""
+    path = scope.get("path", "").rstrip("/")
+    return scope["type"] == "http" and scope["method"] == "POST" and path.endswith(GENERATION_PATHS)

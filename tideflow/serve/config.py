@@ -3,6 +3,8 @@
 It is the `args` of `tideflow.serve:build_app` (a Serve config file's `args:` block, or
 `serve run tideflow.serve:build_app key=value ...`, whose values arrive as strings), parsed
 by `ServeConfig.from_args`. Every field is checked in `__post_init__`; unknown keys raise.
+`rate_limits` and `breaker` are small configs of their own (`tideflow.serve.rate_limits`,
+`tideflow.serve.breaker`), given as mappings in a Serve config file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from tideflow.serve.breaker import BreakerConfig
+from tideflow.serve.rate_limits import RateLimitConfig
 
 # the integer fields and their least values
 _LOWER_BOUNDS = {"num_replicas": 1, "max_ongoing_requests": 1, "max_queued_requests": 0, "retry_after_s": 0}
@@ -59,6 +64,13 @@ class ServeConfig:
     # (request migration: decode or engine replicas, 2+ of them); past it the request fails.
     # None: each stage's own `migration_limit` (else 3); 0: off --
     migration_limit: int | None = None
+    # -- who may call, and how much: `Authorization: Bearer <key>` on /v1 routes (tideflow.serve.auth).
+    # api_keys are kept out of repr, so a logged config never shows them; resolved() adds those of
+    # api_key_file, else TIDEFLOW_API_KEY's; () after it: no authentication --
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_key_file: str | None = None  # one key per line (# comments); read by resolved()
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)  # per key: rpm, tpm, concurrency
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)  # sheds load while the graph is slow or failing
 
     def __post_init__(self):
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
@@ -96,6 +108,23 @@ class ServeConfig:
         limit = self.migration_limit
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValueError(f"migration_limit must be an integer >= 0, got {limit!r}")
+        self._check_keys()
+        object.__setattr__(self, "rate_limits", RateLimitConfig.from_value(self.rate_limits))
+        object.__setattr__(self, "breaker", BreakerConfig.from_value(self.breaker))
+
+    def _check_keys(self) -> None:
+        from tideflow.serve.auth import check_key
+
+        keys = self.api_keys
+        if isinstance(keys, str):  # `serve run ... api_keys=KEY`: one key
+            keys = (keys,)
+        if not isinstance(keys, (list, tuple)):
+            raise ValueError(f"api_keys must be a list of keys, got a {type(keys).__name__}")
+        for i, key in enumerate(keys):
+            check_key(key, f"api_keys[{i}]")
+        object.__setattr__(self, "api_keys", tuple(keys))
+        if self.api_key_file is not None and (not isinstance(self.api_key_file, str) or not self.api_key_file):
+            raise ValueError(f"api_key_file must be a file path, got {self.api_key_file!r}")
 
     @property
     def graph_is_builtin(self) -> bool:
@@ -139,7 +168,14 @@ class ServeConfig:
                              "nor an org/name hub id")
         _check_generation_options(self.engine_options)
         name = self.served_model_name or os.path.basename(os.path.normpath(named)).removesuffix(".gguf")
-        return dataclasses.replace(self, model=model, served_model_name=name)
+        return dataclasses.replace(self, model=model, served_model_name=name, **self._resolved_keys())
+
+    def _resolved_keys(self) -> dict[str, Any]:
+        """api_keys with api_key_file's keys (read here, in the process that starts the app, so
+        replicas need not see the file), else TIDEFLOW_API_KEY's; api_key_file then done."""
+        from tideflow.serve.auth import resolve_keys
+
+        return {"api_keys": resolve_keys(self.api_keys, self.api_key_file), "api_key_file": None}
 
 
 def _check_generation_options(options: Mapping[str, Any]) -> None:

@@ -125,7 +125,7 @@ def serve_forever(args: dict[str, Any] | None, *, host: str, port: int, address:
     """`tideflow serve`: serve until SIGINT or SIGTERM, then shut down cleanly."""
     from tideflow.serve.config import ServeConfig
 
-    ServeConfig.from_args(args).resolved()  # bad arguments fail before anything starts
+    config = ServeConfig.from_args(args).resolved()  # bad arguments fail before anything starts
     started_ray = _init_ray(address)
     # Ray's driver handles SIGTERM by aborting the process: while starting, both signals
     # interrupt (KeyboardInterrupt); once serving, they ask for a clean stop
@@ -141,6 +141,8 @@ def serve_forever(args: dict[str, Any] | None, *, host: str, port: int, address:
             signal.signal(sig, lambda *_: stop.set())
         try:
             print(f"tideflow serve: model {server.model_name!r} at {server.url}/v1 (Ctrl-C to stop)", flush=True)
+            if config.api_keys:  # how many, never which
+                print(f"tideflow serve: /v1 routes need one of {len(config.api_keys)} API key(s)", flush=True)
             while not stop.wait(0.5):
                 pass
             print("tideflow serve: shutting down", flush=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tideflow.runtime.dataflow.collector import OutputDelta
@@ -83,6 +83,17 @@ class ServeMetrics:
                                 _LABELS + ["finished_reason"], registry=r)
         self._rejected = Counter("tideflow:request_rejected", "Requests refused (429) because the replica was full.",
                                  _LABELS, registry=r).labels(m)
+        self._unauthorized = Counter("tideflow:request_unauthorized",
+                                     "Requests refused (401) for a missing or wrong API key.", _LABELS,
+                                     registry=r).labels(m)
+        self._rate_limited = Counter("tideflow:request_rate_limited",
+                                     "Requests refused (429) by their key's limits, by limit: requests, tokens, "
+                                     "concurrency.", _LABELS + ["limit"], registry=r)
+        self._shed = Counter("tideflow:request_shed", "Requests refused (503) while the circuit breaker was open.",
+                             _LABELS, registry=r).labels(m)
+        self.breaker_state = Gauge("tideflow:circuit_breaker_state",
+                                   "The graph's circuit breaker: 0 closed, 1 half-open, 2 open.", _LABELS,
+                                   registry=r).labels(m)
         self.model_name = model_name
         self.graph = GraphStats(model_name)
         r.register(self.graph)
@@ -92,6 +103,15 @@ class ServeMetrics:
 
     def rejected(self) -> None:
         self._rejected.inc()
+
+    def unauthorized(self) -> None:
+        self._unauthorized.inc()
+
+    def rate_limited(self, limit: str) -> None:
+        self._rate_limited.labels(self.model_name, limit).inc()
+
+    def shed(self) -> None:
+        self._shed.inc()
 
     def exposition(self, stats: dict | None) -> bytes:
         if stats is not None:

@@ -10,6 +10,7 @@ the graph gets token ids.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from tideflow.models.generation_defaults import GenerationDefaults, load_generation_defaults
@@ -58,6 +59,18 @@ class ModelInfo:
     def tokens_per_image(self) -> int:  # prompt tokens each image expands to
         spec = self.prompts.image_spec
         return spec.tokens_per_image if spec is not None else 0
+
+    @cached_property
+    def max_token_bytes(self) -> int:
+        """At least the UTF-8 bytes any one token stands for: the longest vocabulary entry's
+        UTF-8 size. An entry is never shorter than its text (a byte-level entry spends 1 or 2
+        bytes per byte, sentencepiece's "▁" 3 for a space, "<0x0A>" 6 for one byte), so text
+        longer than max_model_len times this cannot fit whatever it says. SmolLM2's is 162 (a
+        newline and 80 spaces), so a fixed guess such as 64 would refuse text that fits."""
+        vocab = getattr(self.tokenizer, "get_vocab", None)
+        if vocab is None:  # a custom tokenizer without one: a bound no vocabulary we know comes near
+            return 1024
+        return max((len(t.encode("utf-8", "surrogatepass")) for t in vocab()), default=1)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a completion prompt."""

@@ -48,6 +48,17 @@ class Prepared:
     echo_only: bool = False
     tools: ToolPlan | None = None  # chat with tools: how the output is constrained and read as tool calls
 
+    def tokens_reserved(self, max_model_len: int) -> int:
+        """The most tokens the request may use (what a key's tokens-per-minute limit reserves):
+        each prompt's tokens plus max_tokens for every completion sampled for it (best_of of
+        them; the rest of the context when max_tokens is null)."""
+        sampled = self.params.sampled_params()
+        total = 0
+        for prompt_tokens in self.num_prompt_tokens:
+            room = sampled.max_tokens if sampled.max_tokens is not None else max_model_len - prompt_tokens
+            total += prompt_tokens + sampled.n * room
+        return total
+
 
 def check_model(name: str | None, info: ModelInfo) -> None:
     if name is not None and name != info.name:
@@ -83,6 +94,7 @@ def prepare_chat(req: ChatCompletionRequest, info: ModelInfo, tool_parser: str |
     tools = tool_plan(req, tool_parser)
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    check_text_size(sum(_text_bytes(m) for m in req.messages), info, "messages")
     images: list[bytes] = []
     messages = [chat_message(i, m, info, images) for i, m in enumerate(req.messages)]
     if not messages:
@@ -120,6 +132,7 @@ def completion_prompts(prompt, info: ModelInfo, param: str = "prompt") -> tuple[
         if isinstance(p, str):
             if not p:
                 raise bad_request(f"'{param}' must not be empty", param)
+            check_text_size(utf8_size(p), info, param)
             ids = info.encode(p)
             if not ids:
                 raise bad_request(f"'{param}' encodes to no tokens", param)
@@ -137,6 +150,32 @@ def completion_prompts(prompt, info: ModelInfo, param: str = "prompt") -> tuple[
             texts.append(info.decode(ids))
         lengths.append(len(ids))
     return prompts, texts, lengths
+
+
+def utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_text_size(size: int, info: ModelInfo, param: str) -> None:
+    """A 400 for text of `size` UTF-8 bytes that cannot fit in the context whatever it says
+    (more than max_model_len of the vocabulary's longest tokens hold), found before the
+    tokenizer spends seconds on it (a 10 MB prompt took 16 s)."""
+    limit = info.max_model_len * info.max_token_bytes
+    if size > limit:
+        raise bad_request(
+            f"This model's maximum context length is {info.max_model_len} tokens. However, '{param}' holds {size} "
+            f"bytes of text, more than that many tokens can hold (at most {limit} bytes). Please reduce its length.",
+            param, code="context_length_exceeded")
+
+
+def _text_bytes(m) -> int:
+    """The UTF-8 size of a chat message's text: its content (text parts) and its calls' arguments."""
+    content = m.content
+    if isinstance(content, str):
+        size = utf8_size(content)
+    else:
+        size = sum(utf8_size(part.text) for part in content or () if part.text is not None)
+    return size + sum(utf8_size(call.function.arguments) for call in m.tool_calls or ())
 
 
 def chat_message(i: int, m, info: ModelInfo, images: list[bytes]) -> dict:

@@ -112,8 +112,11 @@ class ToolCall(_Body):
     function: ToolCallFunction
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool")  # OpenAI's chat roles (not the deprecated "function")
+
+
 class ChatMessage(_Body):
-    role: str
+    role: Literal[ROLES]  # any other role is a 400 naming messages
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # role "assistant": the calls it made (content may be null)
@@ -154,6 +157,19 @@ class ChatCompletionRequest(_Sampling):
     # None -> "auto" with tools, else "none" (tideflow.serve.tools)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True  # False: at most one call per reply
+
+
+class ErrorObject(BaseModel):
+    message: str
+    type: str  # invalid_request_error | rate_limit_error | server_error
+    param: str | None  # the request field at fault, when one is
+    code: str | None  # e.g. invalid_value, context_length_exceeded, invalid_api_key, rate_limit_exceeded
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (`tideflow.serve.errors`)."""
+
+    error: ErrorObject
 
 
 class TokenizeCompletionRequest(_Body):
