@@ -9,7 +9,7 @@ names), `POST /tokenize`, `POST /detokenize`, `GET /version`, `GET /openapi.json
 - `start_server(...)` / `ServerProcess`: run one on a local or joined Ray cluster
   (what `tideflow serve` and `tideflow demo` use).
 
-Modules: `config` (ServeConfig), `protocol` (request bodies), `json_body` (reading a body),
+Modules: `config` (ServeConfig), `config_sections` (its breaker and rate_limits sections), `protocol` (request bodies), `json_body` (reading a body),
 `prepare` (validation -> SamplingParams), `tools` (tools and tool_choice -> the template's tools,
 a constraint, a parser), `tool_parsers/` (tool calls found in replies), `responses` (OpenAI
 response / chunk rendering), `tool_responses` (tool calls in responses and chunks), `errors`,

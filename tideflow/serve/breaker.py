@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tideflow.serve.admission import is_generation
+from tideflow.serve.config_sections import section_from_value
 from tideflow.serve.errors import send_error, shed
 
 TICKET = "tideflow_breaker_ticket"  # scope["state"] key: the request's Ticket
@@ -71,15 +72,7 @@ class BreakerConfig:
     @classmethod
     def from_value(cls, value) -> BreakerConfig:
         """From a BreakerConfig or a mapping of its fields (a Serve config's `breaker:`)."""
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise ValueError(f"breaker must be a mapping of setting -> value, got {value!r}")
-        names = set(cls.__dataclass_fields__)
-        unknown = set(value) - names
-        if unknown:
-            raise ValueError(f"breaker: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**{k: _number(v) for k, v in value.items()})
+        return section_from_value(cls, value, "breaker", "setting", _number)
 
 
 def _positive(value) -> bool:

@@ -28,11 +28,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tideflow.serve.admission import is_generation
 from tideflow.serve.auth import KEY_ID
+from tideflow.serve.config_sections import section_from_value
 from tideflow.serve.errors import rate_limited, send_error
 
 LIMITS = "tideflow_limits"  # scope["state"] key: the request's KeyUsage
@@ -60,15 +61,12 @@ class RateLimitConfig:
     @classmethod
     def from_value(cls, value) -> RateLimitConfig:
         """From a RateLimitConfig or a mapping of its fields (a Serve config's `rate_limits:`)."""
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise ValueError(f"rate_limits must be a mapping of limit -> value, got {value!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(value) - names
-        if unknown:
-            raise ValueError(f"rate_limits: unknown limit(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**{k: int(v) if isinstance(v, str) and v.strip().isdigit() else v for k, v in value.items()})
+        return section_from_value(cls, value, "rate_limits", "limit", _integer)
+
+
+def _integer(value):
+    """Strings of digits (`serve run` key=value args) as integers; the rest as given."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
 
 @dataclass(slots=True)
